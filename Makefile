@@ -1,0 +1,30 @@
+# The whole set-up on a fresh machine is `make test` or `make demo`: each creates .venv when missing
+# and installs the package with what it needs (idempotent: reinstalls only when setup.cfg changed).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_WORKDIR ?= demo_workdir
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install demo test benchmark clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m sdeseg_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
+
+test: install
+	$(PY) -m pytest -q -n 2 tests
+
+benchmark: install
+	$(PY) -m benchmarks.input_pipeline
+
+clean:
+	rm -rf $(DEMO_WORKDIR) .cache .pytest_cache

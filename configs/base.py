@@ -1,0 +1,44 @@
+"""Defaults shared by every experiment; experiment files override them (SPEC values by default).
+
+Each config is an ml_collections ConfigDict, locked by the entry point: a misspelt key fails loudly.
+"""
+
+import ml_collections
+
+
+def dataset_config(name: str = '', resolution=(1024, 512)) -> ml_collections.ConfigDict:
+  """One dataset role (target or source): which layout, where its trees are."""
+  return ml_collections.ConfigDict(dict(
+      name=name,              # cityscapes | gta5 | synthia | camvid | '' (role unused)
+      root='',                # prepared tree read by the pipelines ('' -> <workdir>/data/<role>)
+      raw_root='',            # raw tree to prepare into `root` ('' -> none, or <workdir>/raw/<role>)
+      sequence_root='',       # video set if elsewhere (GTA: the VIPER-layout set; '' -> default)
+      resolution=resolution,  # (W, H) working resolution of the prepared tree
+      val_count=500,          # GTA5 / Synthia: the last N sorted images form the val split
+      synthetic=dict(         # render the built-in synthetic world into the raw tree
+          domain='',          # '' (off) | city | game
+          size=(256, 128),    # (W, H) rendered
+          sequences=12, frames=5, seed=0, val_fraction=0.2, moving_objects=True),
+  ))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.experiment = 'base'
+  config.seed = 0
+  # Comma-separated stages, run in order; finished ones (a `done` marker) are skipped.
+  config.stages = 'data'
+  # Persistent XLA compilation cache shared by runs and tests ('' disables it).
+  config.compilation_cache_dir = '~/.cache/sdeseg_jax/xla'
+
+  config.data = ml_collections.ConfigDict()
+  config.data.target = dataset_config('cityscapes')
+  config.data.source = dataset_config('')
+  config.data.crop = (512, 512)           # (w, h) training crops
+  config.data.flip_prob = 0.5
+  config.data.color_jitter = dict(prob=0.5, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
+  config.data.strict_labels = True        # label ids outside the dataset's ids: error (else ignore)
+  config.data.image_format = 'jpg'        # prepared images: jpg (quality 98, as the reference) | png
+  config.data.workers = 0                 # threads for preparing / scanning (0: one per core)
+  config.data.summary_max_labels = 500    # label maps scanned for the class-frequency summary
+  return config

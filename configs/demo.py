@@ -1,0 +1,29 @@
+"""The CPU demo: a small synthetic world of both domains (city plays Cityscapes, game plays GTA5).
+
+    make demo      # = python -m sdeseg_jax.main --config=configs/demo.py --workdir=demo_workdir
+
+Variant 'tiny' (configs/demo.py:tiny) renders an even smaller world, for tests.
+"""
+
+import ml_collections
+
+from configs import base
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  config = base.get_config()
+  config.experiment = 'demo'
+  config.stages = 'data'
+  size, sequences = ((256, 128), 12) if arg != 'tiny' else ((128, 64), 4)
+  if arg not in ('', 'tiny'):
+    raise ValueError(f'configs/demo.py: unknown variant {arg!r} (known: tiny)')
+  for role, name, domain, seed in (('target', 'cityscapes', 'city', 0),
+                                   ('source', 'gta5', 'game', 1)):
+    entry = config.data[role]
+    entry.name = name
+    entry.resolution = size
+    entry.val_count = max(1, sequences // 4)
+    entry.synthetic.update(domain=domain, size=size, sequences=sequences, frames=5, seed=seed)
+  config.data.crop = (size[1], size[1])
+  config.data.image_format = 'png'
+  return config

@@ -1,0 +1,250 @@
+"""What every dataset reader shares: the example index, label tables, errors and file helpers.
+
+A reader turns an on-disk layout into an `ExampleIndex`: parallel NumPy columns, one row per example.
+Paths are absolute strings; an empty string means "absent" (an unlabeled image, a frame without
+neighbours). Intrinsics are normalised by the image size (fx/W, fy/H, cx/W, cy/H), so they hold at any
+resolution the images are resized to.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import glob
+import json
+import os
+import re
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+IGNORE_LABEL = 255
+
+# The 19 evaluation classes of Cityscapes, in trainId order.
+CITYSCAPES_CLASSES = (
+    'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
+    'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle',
+    'bicycle')
+
+IMAGE_EXTENSIONS = ('.png', '.jpg')
+
+
+class DataError(ValueError):
+  """Bad input data: the message names the file, folder, key or value at fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSpec:
+  """How a dataset's raw label ids map to training ids.
+
+  Attributes:
+    class_names: names of the training classes, index = training id.
+    id_to_train: raw id -> training id; raw ids in `valid_ids` but not here map to IGNORE_LABEL.
+    valid_ids: every raw id the dataset may contain; anything else is corrupt data.
+  """
+  class_names: tuple[str, ...]
+  id_to_train: Mapping[int, int]
+  valid_ids: frozenset[int]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def lookup_table(self) -> np.ndarray:
+    """[256] uint8: raw id -> training id (IGNORE_LABEL for ignored and invalid ids)."""
+    table = np.full(256, IGNORE_LABEL, np.uint8)
+    for raw, train in self.id_to_train.items():
+      table[raw] = train
+    return table
+
+  def valid_table(self) -> np.ndarray:
+    """[256] bool: whether a raw id may occur."""
+    valid = np.zeros(256, bool)
+    valid[sorted(self.valid_ids)] = True
+    return valid
+
+  def invalid_ids(self, raw: np.ndarray) -> list[int]:
+    """Sorted raw ids of `raw` that the dataset cannot contain."""
+    present = np.unique(raw)
+    return [int(i) for i in present if i > 255 or not self.valid_table()[i]]
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleIndex:
+  """Columns of a dataset split, one row per example.
+
+  Attributes:
+    ids: [N] str, unique example ids (also used to name depth labels and predictions).
+    images: [N] str, path of the image (the centre frame t for sequences).
+    labels: [N] str, path of the raw-id label map, '' where the example is unlabeled.
+    prev_frames, next_frames: [N] str, paths of frames t-1 and t+1, '' where not a triplet.
+    intrinsics: [N, 4] float32, normalised (fx, fy, cx, cy); NaN where the dataset has none.
+  """
+  ids: np.ndarray
+  images: np.ndarray
+  labels: np.ndarray
+  prev_frames: np.ndarray
+  next_frames: np.ndarray
+  intrinsics: np.ndarray
+
+  @classmethod
+  def from_rows(cls, rows: Sequence[dict]) -> 'ExampleIndex':
+    """Builds an index from dicts with keys id, image and optional label, prev, next, intrinsics."""
+    def column(key):
+      return np.array([r.get(key, '') for r in rows], dtype=object).astype(str) if rows else (
+          np.zeros([0], str))
+    intrinsics = np.array([r.get('intrinsics', (np.nan,) * 4) for r in rows], np.float32)
+    index = cls(ids=column('id'), images=column('image'), labels=column('label'),
+                prev_frames=column('prev'), next_frames=column('next'),
+                intrinsics=intrinsics.reshape(-1, 4))
+    ids, counts = np.unique(index.ids, return_counts=True)
+    if np.any(counts > 1):
+      dup = ids[counts > 1][0]
+      raise DataError(f'duplicate example id {dup!r}: {index.images[index.ids == dup].tolist()}')
+    return index
+
+  def __len__(self) -> int:
+    return len(self.ids)
+
+  def subset(self, rows: Iterable[int] | np.ndarray) -> 'ExampleIndex':
+    rows = np.asarray(list(rows) if not isinstance(rows, np.ndarray) else rows, np.int64)
+    return ExampleIndex(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
+
+  def select_ids(self, ids: Sequence[str]) -> 'ExampleIndex':
+    """The rows of `ids`, in that order; an unknown id is an error naming it."""
+    position = {i: n for n, i in enumerate(self.ids.tolist())}
+    missing = [i for i in ids if i not in position]
+    if missing:
+      raise DataError(f'unknown example ids {missing[:5]} ({len(missing)} in all)')
+    return self.subset([position[i] for i in ids])
+
+  def without_labels(self) -> 'ExampleIndex':
+    return dataclasses.replace(self, labels=np.full(len(self), '', dtype=self.labels.dtype))
+
+  @property
+  def is_labeled(self) -> np.ndarray:
+    return self.labels != ''
+
+  @property
+  def is_triplet(self) -> np.ndarray:
+    return (self.prev_frames != '') & (self.next_frames != '')
+
+
+def require_dir(path: str, what: str) -> str:
+  if not os.path.isdir(path):
+    raise DataError(f'{path}: missing folder ({what})')
+  return path
+
+
+def find_images(pattern: str) -> list[str]:
+  """Sorted files matching a glob pattern ending in '.*', restricted to image extensions."""
+  return sorted(p for p in glob.glob(pattern) if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS)
+
+
+def with_image_extension(path_without_ext: str) -> str:
+  """The existing image file for a path without extension, or '' when there is none."""
+  for ext in IMAGE_EXTENSIONS:
+    if os.path.exists(path_without_ext + ext):
+      return path_without_ext + ext
+  return ''
+
+
+def image_size(path: str) -> tuple[int, int]:
+  """(width, height) of an image, from its header."""
+  try:
+    with Image.open(path) as image:
+      return image.size
+  except (OSError, SyntaxError) as e:
+    raise DataError(f'{path}: unreadable image ({e})') from e
+
+
+def read_json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise DataError(f'{path}: unreadable JSON ({e})') from e
+
+
+def split_by_count(paths: list[str], split: str, val_count: int, source: str) -> list[str]:
+  """Datasets without official splits (GTA5, Synthia): the last `val_count` sorted files are val."""
+  if split not in ('train', 'val', 'all'):
+    raise DataError(f'{source}: unknown split {split!r} (this dataset has train, val, all)')
+  if split == 'all':
+    return paths
+  if not 0 <= val_count < len(paths):
+    raise DataError(f'{source}: val_count={val_count} does not leave training images '
+                    f'({len(paths)} images in all)')
+  return paths[len(paths) - val_count:] if split == 'val' else paths[:len(paths) - val_count]
+
+
+def triplets_from_numbered_frames(frames: Sequence[tuple[str, int, str]],
+                                  intrinsics: Sequence[float] | None = None) -> list[dict]:
+  """Index rows for every frame whose two neighbours exist.
+
+  Args:
+    frames: (sequence key, frame number, path) for every frame of a sequence set.
+    intrinsics: normalised (fx, fy, cx, cy) shared by all frames, or None to leave them unset.
+  Returns:
+    rows for `ExampleIndex.from_rows`, id = file name without extension, sorted by path.
+  """
+  by_key = {(key, number): path for key, number, path in frames}
+  rows = []
+  for key, number, path in sorted(frames, key=lambda f: f[2]):
+    prev, nxt = by_key.get((key, number - 1)), by_key.get((key, number + 1))
+    if prev and nxt:
+      row = dict(id=os.path.splitext(os.path.basename(path))[0], image=path, prev=prev, next=nxt)
+      if intrinsics is not None:
+        row['intrinsics'] = tuple(intrinsics)
+      rows.append(row)
+  return rows
+
+
+def trailing_number(stem: str, source: str) -> tuple[str, int]:
+  """Splits 'prefix_00042' or '00042' into ('prefix', 42)."""
+  match = re.fullmatch(r'(.*?)_?(\d+)', stem)
+  if not match:
+    raise DataError(f'{source}: file name {stem!r} does not end in a frame number')
+  return match.group(1), int(match.group(2))
+
+
+def decode_label_png(path: str) -> np.ndarray:
+  """[H, W] uint8 raw ids of a grayscale or palette PNG (a palette PNG's pixels are its indices)."""
+  try:
+    with Image.open(path) as image:
+      if image.mode not in ('L', 'P'):
+        raise DataError(f'{path}: label map has mode {image.mode}, expected grayscale or palette ids')
+      return np.array(image, np.uint8)
+  except (OSError, SyntaxError) as e:
+    raise DataError(f'{path}: unreadable label map ({e})') from e
+
+
+class Reader(abc.ABC):
+  """Parses one dataset's on-disk layout (raw or prepared) into example indices.
+
+  Subclasses set `name`, `label_spec`, `prepare_patterns` ((kind, glob relative to the root) for every
+  file `data_pipelines.prepare` converts; kind is 'image', 'label' or 'camera') and implement
+  `segmentation`; those with video implement `sequences`.
+  """
+  name: str
+  label_spec: LabelSpec
+  prepare_patterns: tuple[tuple[str, str], ...]
+
+  def __init__(self, root: str, *, val_count: int = 500, sequence_root: str = ''):
+    self.root = os.path.abspath(os.path.expanduser(root))
+    self.val_count = val_count
+    self.sequence_root = sequence_root and os.path.abspath(os.path.expanduser(sequence_root))
+    require_dir(self.root, f'{self.name} dataset root')
+
+  @abc.abstractmethod
+  def segmentation(self, split: str) -> ExampleIndex:
+    """The images of a split with their label maps."""
+
+  def sequences(self, split: str) -> ExampleIndex:
+    """Frame triplets (t-1, t, t+1) of a split's videos, for self-supervised depth."""
+    raise DataError(f'{self.root}: the {self.name} layout has no video sequences')
+
+  def decode_raw_label(self, path: str) -> np.ndarray:
+    """[H, W] uint8 raw ids of a label file as the dataset ships it."""
+    return decode_label_png(path)

@@ -1,0 +1,314 @@
+"""Step-indexed tf.data pipelines: SDE triplets, segmentation batches, validation.
+
+Each pipeline maps global steps to examples with `data_pipelines.sampling` (pure NumPy, a function of
+seed, stream and step), keeps this process's rows of the global batch, and lets tf.data read, decode,
+crop, flip and colour-augment them in parallel. Iterating yields dicts of NumPy arrays holding the
+process-local rows; `Batches.step` is the global step of the next batch.
+
+Reads prepared trees (data_pipelines.prepare): images at the working resolution, labels as 8-bit ids.
+A failing read is diagnosed file by file and raised as a DataError naming the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+import tensorflow as tf
+
+from data_pipelines import sampling
+from data_pipelines import transforms
+from data_pipelines.datasets import common
+
+try:  # JAX owns the accelerators; TF only reads files.
+  tf.config.set_visible_devices([], 'GPU')
+except RuntimeError:  # devices already initialised by an earlier import: nothing to hide then
+  pass
+
+_UNBOUNDED = 2**62
+
+
+@dataclasses.dataclass(frozen=True)
+class Sharding:
+  """This process's share of a global batch: rows [p * B/P, (p + 1) * B/P)."""
+  global_batch: int
+  process_index: int = 0
+  process_count: int = 1
+
+  def __post_init__(self):
+    if self.global_batch % self.process_count:
+      raise ValueError(f'global batch {self.global_batch} is not divisible by the '
+                       f'{self.process_count} processes')
+    if not 0 <= self.process_index < self.process_count:
+      raise ValueError(f'process index {self.process_index} outside 0..{self.process_count - 1}')
+
+  @property
+  def local_batch(self) -> int:
+    return self.global_batch // self.process_count
+
+  @property
+  def rows(self) -> slice:
+    return slice(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
+
+
+class Batches:
+  """An iterable of local batches for global steps start_step, start_step + 1, ...
+
+  Attributes:
+    step: the global step of the batch the next `next()` returns.
+    plan: step -> this process's plan (index rows and augmentation parameters), NumPy.
+  """
+
+  def __init__(self, dataset: tf.data.Dataset, plan: Callable[[int], dict],
+               files: Callable[[dict], list[tuple[str, str]]], check: Callable[[str, str], None],
+               start_step: int, num_steps: int | None):
+    self._dataset, self.plan, self._files, self._check = dataset, plan, files, check
+    self.start_step, self.num_steps = start_step, num_steps
+
+  def __len__(self) -> int:
+    if self.num_steps is None:
+      raise TypeError('an unbounded pipeline has no length')
+    return self.num_steps
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    iterator = self._dataset.as_numpy_iterator()
+    self.step = self.start_step
+    while True:
+      try:
+        batch = next(iterator)
+      except StopIteration:
+        return
+      except tf.errors.OpError as e:
+        raise self.diagnose(self.step, e) from e
+      self.step += 1
+      yield batch
+
+  def diagnose(self, step: int, error: Exception) -> common.DataError:
+    """A DataError naming the first file of `step` that fails a check."""
+    for kind, path in self._files(self.plan(step)):
+      try:
+        self._check(kind, path)
+      except common.DataError as e:
+        return common.DataError(f'step {step}: {e}')
+    message = getattr(error, 'message', str(error)).strip().splitlines()[0]
+    return common.DataError(f'step {step}: input pipeline failed ({message}); its files pass the '
+                            'checks: ' + ', '.join(p for _, p in self._files(self.plan(step))))
+
+
+def file_checker(resolution: tuple[int, int], label_spec: common.LabelSpec | None,
+                 strict_labels: bool = True) -> Callable[[str, str], None]:
+  """check(kind, path) raising a DataError for a missing, unreadable or mis-sized file."""
+  def check(kind: str, path: str) -> None:
+    if not os.path.exists(path):
+      raise common.DataError(f'{path}: missing file')
+    try:
+      with Image.open(path) as image:
+        image.load()
+        size, pixels = image.size, np.asarray(image) if kind == 'label' else None
+    except (OSError, SyntaxError, ValueError) as e:
+      raise common.DataError(f'{path}: unreadable {kind} ({e})') from e
+    if kind in ('image', 'label') and size != tuple(resolution):
+      raise common.DataError(f'{path}: size {size}, expected the prepared resolution {resolution}')
+    if kind == 'label' and strict_labels and label_spec.invalid_ids(pixels):
+      raise common.DataError(f'{path}: label ids {label_spec.invalid_ids(pixels)} are not '
+                             'ids of this dataset')
+  return check
+
+
+def _read_image(path: tf.Tensor, resolution: tuple[int, int]) -> tf.Tensor:
+  image = transforms.decode_image(tf.io.read_file(path))
+  ok = tf.reduce_all(tf.shape(image)[:2] == [resolution[1], resolution[0]])
+  with tf.control_dependencies([tf.debugging.Assert(ok, ['image size differs from', resolution,
+                                                         path, tf.shape(image)])]):
+    return tf.identity(image)
+
+
+def _plan_dataset(plan: Callable[[int], dict], start_step: int, num_steps: int | None):
+  """Dataset of per-example plans (unbatched) for steps [start_step, start_step + num_steps)."""
+  example = plan(start_step)
+  keys = sorted(example)
+
+  def plan_tuple(step):
+    values = plan(int(step))
+    return tuple(values[k] for k in keys)
+
+  def to_dict(step):
+    values = tf.numpy_function(plan_tuple, [step], [tf.as_dtype(example[k].dtype) for k in keys])
+    return {k: tf.ensure_shape(v, example[k].shape) for k, v in zip(keys, values)}
+
+  stop = _UNBOUNDED if num_steps is None else start_step + num_steps
+  return tf.data.Dataset.range(start_step, stop).map(to_dict).unbatch()
+
+
+def _finish(examples: tf.data.Dataset, load, local_batch: int) -> tf.data.Dataset:
+  options = tf.data.Options()
+  options.deterministic = True
+  return (examples.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(local_batch, drop_remainder=True)
+          .prefetch(tf.data.AUTOTUNE)
+          .with_options(options))
+
+
+def _step_plan(index_rows: Callable[[int], np.ndarray], augment: Callable[[int], dict],
+               sharding: Sharding) -> Callable[[int], dict]:
+  def plan(step: int) -> dict:
+    values = dict(augment(step), index=index_rows(step))
+    values = {k: v[sharding.rows] for k, v in values.items()}
+    values['step'] = np.full(sharding.local_batch, step, np.int64)
+    return values
+  return plan
+
+
+def sde_batches(index: common.ExampleIndex, *, resolution: tuple[int, int],
+                crop: tuple[int, int], sharding: Sharding, seed: int, stream: str = 'sde',
+                flip_prob: float = 0.5, color: sampling.ColorJitter | None = sampling.ColorJitter(),
+                start_step: int = 0, num_steps: int | None = None) -> Batches:
+  """Triplets for self-supervised depth.
+
+  Yields per local batch of b examples:
+    frames: [b, 3, h, w, 3] frames t-1, t, t+1, cropped and flipped alike, NOT colour-augmented
+      (the photometric targets); frames_aug: the same with one colour jitter for all three frames
+      (the network inputs); intrinsics: [b, 3, 3] pixel K of the crop; index, step: [b] int64.
+  """
+  triplets = index.subset(np.flatnonzero(index.is_triplet))
+  if not len(triplets):
+    raise common.DataError('SDE pipeline: the index has no frame triplets')
+  if np.isnan(triplets.intrinsics).any():
+    bad = triplets.images[np.isnan(triplets.intrinsics).any(1)][0]
+    raise common.DataError(f'{bad}: no camera intrinsics; self-supervised depth needs them '
+                           '(set the dataset\'s intrinsics in the config)')
+  plan = _step_plan(
+      lambda s: sampling.example_indices(seed, stream, s, sharding.global_batch, len(triplets)),
+      lambda s: sampling.augmentation_params(
+          sampling.step_rng(seed, stream, s), sharding.global_batch, resolution=resolution,
+          crop=crop, flip_prob=flip_prob, color=color), sharding)
+  paths = tf.constant(np.stack([triplets.prev_frames, triplets.images, triplets.next_frames], 1))
+  intrinsics = tf.constant(triplets.intrinsics)
+  crop_w, crop_h = crop
+
+  def load(p):
+    frames = tf.stack([_read_image(paths[p['index'], k], resolution) for k in range(3)])
+    frames = transforms.crop_and_flip(frames, p['crop_x'], p['crop_y'], crop, p['flip'])
+    frames = tf.ensure_shape(frames, [3, crop_h, crop_w, 3])
+    if color is None:
+      augmented = frames
+    else:
+      augmented = tf.cond(
+          p['color_apply'],
+          lambda: transforms.color_jitter(frames, p['color_factors'], p['color_order']),
+          lambda: frames)
+    k = transforms.crop_intrinsics(intrinsics[p['index']], resolution, p['crop_x'], p['crop_y'],
+                                   p['flip'])
+    return dict(frames=frames, frames_aug=augmented, intrinsics=k, index=p['index'],
+                step=p['step'])
+
+  def files(plan_values):
+    return [('image', str(getattr(triplets, column)[i])) for i in plan_values['index']
+            for column in ('prev_frames', 'images', 'next_frames')]
+
+  return Batches(_finish(_plan_dataset(plan, start_step, num_steps), load, sharding.local_batch),
+                 plan, files, file_checker(resolution, None), start_step, num_steps)
+
+
+def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpec,
+                         resolution: tuple[int, int], crop: tuple[int, int], depth_dir: str,
+                         strict_labels: bool):
+  """load(plan) -> dict(image, label, labeled, intrinsics[, depth], index, step[, valid])."""
+  images, labels = tf.constant(index.images), tf.constant(index.labels)
+  intrinsics = tf.constant(index.intrinsics)
+  lookup = tf.constant(label_spec.lookup_table().astype(np.int32))
+  valid_ids = tf.constant(label_spec.valid_table())
+  crop_w, crop_h = crop
+  depth_paths = None
+  if depth_dir:
+    files = [os.path.join(depth_dir, i + '.npy') for i in index.ids]
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+      raise common.DataError(f'{missing[0]}: missing depth label ({len(missing)} missing in all)')
+    depth_paths = tf.constant(files)
+
+  def load(p):
+    i = p['index']
+    image = transforms.crop_and_flip(_read_image(images[i], resolution), p['crop_x'], p['crop_y'],
+                                     crop, p['flip'])
+    labeled = labels[i] != ''
+    label = tf.cond(
+        labeled,
+        lambda: transforms.decode_label(tf.io.read_file(labels[i]), lookup, valid_ids, labels[i],
+                                        strict_labels),
+        lambda: tf.fill([resolution[1], resolution[0]], common.IGNORE_LABEL))
+    label = transforms.crop_and_flip(label, p['crop_x'], p['crop_y'], crop, p['flip'])
+    out = dict(image=tf.ensure_shape(image, [crop_h, crop_w, 3]),
+               label=tf.ensure_shape(label, [crop_h, crop_w]), labeled=labeled,
+               intrinsics=transforms.crop_intrinsics(intrinsics[i], resolution, p['crop_x'],
+                                                     p['crop_y'], p['flip']),
+               index=i, step=p['step'])
+    if depth_paths is not None:
+      depth = transforms.decode_npy_float32(tf.io.read_file(depth_paths[i]),
+                                            (resolution[1], resolution[0]), depth_paths[i])
+      out['depth'] = transforms.crop_and_flip(depth[..., None], p['crop_x'], p['crop_y'], crop,
+                                              p['flip'])
+    if 'valid' in p:
+      out['valid'] = p['valid']
+    return out
+
+  def files(plan_values):
+    rows = plan_values['index']
+    return [('image', str(index.images[i])) for i in rows] + [
+        ('label', str(index.labels[i])) for i in rows if index.labels[i]]
+
+  return load, files
+
+
+def segmentation_batches(index: common.ExampleIndex, label_spec: common.LabelSpec, *,
+                         resolution: tuple[int, int], crop: tuple[int, int], sharding: Sharding,
+                         seed: int, stream: str, flip_prob: float = 0.5, depth_dir: str = '',
+                         strict_labels: bool = True, start_step: int = 0,
+                         num_steps: int | None = None) -> Batches:
+  """Training batches of images with labels (all-ignore for unlabeled rows) and optional depth.
+
+  Yields per local batch of b examples: image [b, h, w, 3], label [b, h, w] int32 training ids
+  (IGNORE_LABEL where unlabeled or ignored), labeled [b] bool, intrinsics [b, 3, 3],
+  depth [b, h, w, 1] when `depth_dir` holds <id>.npy depth labels, index and step [b] int64.
+  Use different `stream` names for batches that must be independent (labeled, unlabeled, source).
+  """
+  if not len(index):
+    raise common.DataError(f'segmentation pipeline {stream!r}: the index is empty')
+  plan = _step_plan(
+      lambda s: sampling.example_indices(seed, stream, s, sharding.global_batch, len(index)),
+      lambda s: sampling.augmentation_params(
+          sampling.step_rng(seed, stream, s), sharding.global_batch, resolution=resolution,
+          crop=crop, flip_prob=flip_prob, color=None), sharding)
+  load, files = _segmentation_loader(index, label_spec, resolution, crop, depth_dir, strict_labels)
+  return Batches(_finish(_plan_dataset(plan, start_step, num_steps), load, sharding.local_batch),
+                 plan, files, file_checker(resolution, label_spec, strict_labels), start_step,
+                 num_steps)
+
+
+def validation_batches(index: common.ExampleIndex, label_spec: common.LabelSpec, *,
+                       resolution: tuple[int, int], sharding: Sharding, depth_dir: str = '',
+                       strict_labels: bool = True) -> Batches:
+  """Every example once, whole images in index order, the last global batch padded.
+
+  Yields the keys of `segmentation_batches` plus valid [b] bool: False on padding rows (which
+  repeat example 0), so metrics count each example exactly once across all processes.
+  """
+  if not len(index):
+    raise common.DataError('validation pipeline: the index is empty')
+  num_steps = -(-len(index) // sharding.global_batch)
+  zeros = np.zeros(sharding.global_batch, np.int32)
+
+  def positions(step):
+    return step * sharding.global_batch + np.arange(sharding.global_batch)
+
+  plan = _step_plan(
+      lambda s: np.where(positions(s) < len(index), positions(s), 0).astype(np.int64),
+      lambda s: dict(crop_x=zeros, crop_y=zeros, flip=zeros.astype(bool),
+                     valid=positions(s) < len(index)), sharding)
+  load, files = _segmentation_loader(index, label_spec, resolution, resolution, depth_dir,
+                                     strict_labels)
+  return Batches(_finish(_plan_dataset(plan, 0, num_steps), load, sharding.local_batch),
+                 plan, files, file_checker(resolution, label_spec, strict_labels), 0, num_steps)

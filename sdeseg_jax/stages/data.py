@@ -1,0 +1,118 @@
+"""The `data` stage: materialise each configured dataset (render / prepare), validate its layout and
+write a summary: examples per split, class pixel frequencies, camera intrinsics.
+
+Output: <workdir>/data/summary.json and the same as a readable table on stdout.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+
+import ml_collections
+import numpy as np
+
+from data_pipelines import sources
+from data_pipelines.datasets import common
+
+ROLES = ('target', 'source')
+
+
+def _split_sizes(reader: common.Reader) -> dict:
+  """{'segmentation/train': n, 'sequences/train': n, ...}; unavailable splits say why."""
+  sizes = {}
+  for kind, splits in (('segmentation', ('train', 'val', 'test')), ('sequences', ('train', 'val'))):
+    for split in splits:
+      try:
+        index = getattr(reader, kind)(split)
+        sizes[f'{kind}/{split}'] = len(index)
+      except common.DataError as e:
+        sizes[f'{kind}/{split}'] = f'absent ({e})'
+  return sizes
+
+
+def class_frequencies(index: common.ExampleIndex, spec: common.LabelSpec, max_labels: int,
+                      workers: int = 0) -> dict:
+  """Pixel fraction of each training class over up to `max_labels` evenly spaced label maps.
+
+  Raises a DataError naming a label map that is unreadable or holds ids the dataset cannot contain.
+  """
+  labels = index.labels[index.is_labeled]
+  if not len(labels):
+    return {}
+  labels = labels[np.unique(np.linspace(0, len(labels) - 1, min(max_labels, len(labels))).astype(int))]
+  lookup = spec.lookup_table()
+
+  def count(path):
+    ids = common.decode_label_png(path)
+    invalid = spec.invalid_ids(ids)
+    if invalid:
+      raise common.DataError(f'{path}: label ids {invalid} are not ids of this dataset')
+    return np.bincount(lookup[ids].ravel(), minlength=256)
+
+  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+    counts = sum(pool.map(count, labels))
+  total = counts.sum()
+  result = {name: float(counts[i] / total) for i, name in enumerate(spec.class_names)}
+  result['(ignored)'] = float(counts[common.IGNORE_LABEL] / total)
+  result['(label maps scanned)'] = int(len(labels))
+  return result
+
+
+def intrinsics_summary(index: common.ExampleIndex, resolution) -> list[dict]:
+  """The distinct cameras of an index: normalised and in pixels at the working resolution."""
+  if not len(index) or np.isnan(index.intrinsics).all():
+    return []
+  unique, counts = np.unique(np.round(index.intrinsics.astype(np.float64), 6), axis=0,
+                             return_counts=True)
+  width, height = resolution
+  return [dict(normalised=[float(v) for v in k], examples=int(n),
+               pixels=dict(fx=k[0] * width, fy=k[1] * height, cx=k[2] * width, cy=k[3] * height))
+          for k, n in zip(unique, counts)]
+
+
+def summarise(entry: ml_collections.ConfigDict, reader: common.Reader, max_labels: int,
+              workers: int) -> dict:
+  train = reader.segmentation('train')
+  return dict(dataset=entry.name, root=reader.root, resolution=list(entry.resolution),
+              classes=list(reader.label_spec.class_names), splits=_split_sizes(reader),
+              class_frequencies=class_frequencies(train, reader.label_spec, max_labels, workers),
+              intrinsics=intrinsics_summary(train, tuple(entry.resolution)))
+
+
+def format_summary(role: str, summary: dict) -> str:
+  lines = [f'== {role}: {summary["dataset"]} at {summary["resolution"][0]}x'
+           f'{summary["resolution"][1]} ({summary["root"]})']
+  for split, size in summary['splits'].items():
+    lines.append(f'  {split:24s} {size}')
+  lines.append('  class pixel frequencies (train):')
+  for name, value in summary['class_frequencies'].items():
+    lines.append(f'    {name:22s} ' + (f'{100 * value:6.2f} %' if isinstance(value, float)
+                                        else str(value)))
+  for camera in summary['intrinsics']:
+    p = camera['pixels']
+    lines.append(f'  camera ({camera["examples"]} images): fx={p["fx"]:.2f} fy={p["fy"]:.2f} '
+                 f'cx={p["cx"]:.2f} cy={p["cy"]:.2f} px; normalised {camera["normalised"]}')
+  return '\n'.join(lines)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  summaries = {}
+  for role in ROLES:
+    entry = config.data[role]
+    if not entry.name:
+      continue
+    sources.materialise(entry, workdir, role, image_format=config.data.image_format,
+                        workers=config.data.workers)
+    reader = sources.open_dataset(entry, workdir, role)
+    summaries[role] = summarise(entry, reader, config.data.summary_max_labels, config.data.workers)
+    print(format_summary(role, summaries[role]), flush=True)
+  if not summaries:
+    raise common.DataError('config.data: no dataset named (set config.data.target.name)')
+  out = os.path.join(workdir, 'data', 'summary.json')
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, 'w') as f:
+    json.dump(summaries, f, indent=2)
+  logging.info('Data summary written to %s', out)
