@@ -1,0 +1,90 @@
+"""The entry point, the stage runner and the `data` stage."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import base
+from sdeseg_jax import stages
+from tests import fixtures
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _fixture_config(raw_root):
+  config = base.get_config()
+  config.data.target.raw_root = raw_root
+  config.data.target.resolution = (32, 16)
+  config.data.image_format = 'png'
+  config.lock()
+  return config
+
+
+def test_data_stage_summarises_and_is_skipped_when_done(tmp_path, capsys, caplog):
+  raw = fixtures.write_cityscapes(str(tmp_path / 'raw'))
+  config, workdir = _fixture_config(raw), str(tmp_path / 'work')
+  assert stages.run_stages(config, workdir) == ['data']
+  printed = capsys.readouterr().out
+  assert 'segmentation/train' in printed and 'class pixel frequencies' in printed
+  summary = json.load(open(os.path.join(workdir, 'data', 'summary.json')))['target']
+  assert summary['splits']['segmentation/train'] == 2
+  assert summary['splits']['sequences/train'] == 6
+  assert summary['splits']['segmentation/test'].startswith('absent')
+  frequencies = summary['class_frequencies']
+  # Stripes of ids (7, 8, 11, 26, 0, 23, 33, 255) over 64 columns, nearest-downsampled to 32 columns,
+  # sample the odd columns (pixel centres): ids 8, 26, 23, 255 = sidewalk, car, sky, ignored.
+  for name in ('sidewalk', 'car', 'sky', '(ignored)'):
+    assert frequencies[name] == pytest.approx(0.25)
+  assert frequencies['road'] == frequencies['building'] == 0
+  assert summary['intrinsics'][0]['pixels']['fx'] == pytest.approx(16.0)
+  assert os.path.exists(stages.done_marker(workdir, 'data'))
+
+  caplog.set_level(logging.INFO)
+  assert stages.run_stages(config, workdir) == []
+  assert "Skipping stage 'data'" in caplog.text
+  config.unlock()
+  config.seed = 7
+  caplog.clear()
+  stages.run_stages(config, workdir)
+  assert 'different config' in caplog.text
+
+
+def test_unknown_stage_is_named():
+  with pytest.raises(ValueError, match=r"unknown stage\(s\) \['segmnt'\]"):
+    stages.parse_stages('data,segmnt')
+  assert stages.parse_stages(' data , ') == ['data']
+
+
+def test_data_stage_names_a_bad_label(tmp_path):
+  raw = fixtures.write_cityscapes(str(tmp_path / 'raw'))
+  config, workdir = _fixture_config(raw), str(tmp_path / 'work')
+  stages.run_stages(config, workdir)  # prepares the tree
+  os.remove(stages.done_marker(workdir, 'data'))
+  label = os.path.join(workdir, 'data', 'target', 'gtFine', 'train', 'aachen',
+                       'aachen_000000_000002_gtFine_labelIds.png')
+  fixtures._save(label, fixtures.label_ids((32, 16), (7, 77)), 'L')
+  with pytest.raises(Exception, match=f'{label}: label ids \\[77\\]'):
+    stages.run_stages(config, workdir)
+  assert not os.path.exists(stages.done_marker(workdir, 'data'))
+
+
+def _main(*args):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+  return subprocess.run([sys.executable, '-m', 'sdeseg_jax.main', *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_main_cli_overrides_and_unknown_keys(tmp_path):
+  raw = fixtures.write_cityscapes(str(tmp_path / 'raw'))
+  result = _main('--config=configs/base.py', f'--workdir={tmp_path}/w',
+                 f'--config.data.target.raw_root={raw}', '--config.data.target.resolution=(32,16)',
+                 '--config.data.image_format=png', '--config.stages=data')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'class pixel frequencies' in result.stdout
+  result = _main('--config=configs/base.py', f'--workdir={tmp_path}/w2', '--config.data.trget.root=x')
+  assert result.returncode != 0
+  assert 'trget' in result.stderr
