@@ -6,6 +6,7 @@ config value and a key the config does not have is an error naming it.
 
 import logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -37,5 +38,14 @@ def main(argv):
   stages.run_stages(config, _WORKDIR.value)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a bad config override reported in one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    sys.exit(f'FATAL invalid flag, config or override: {message}')
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
