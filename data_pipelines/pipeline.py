@@ -67,6 +67,7 @@ class Batches:
                start_step: int, num_steps: int | None):
     self._dataset, self.plan, self._files, self._check = dataset, plan, files, check
     self.start_step, self.num_steps = start_step, num_steps
+    self.step = start_step
 
   def __len__(self) -> int:
     if self.num_steps is None:
@@ -104,6 +105,9 @@ def file_checker(resolution: tuple[int, int], label_spec: common.LabelSpec | Non
   def check(kind: str, path: str) -> None:
     if not os.path.exists(path):
       raise common.DataError(f'{path}: missing file')
+    if kind == 'depth':
+      _check_depth(path, resolution)
+      return
     try:
       with Image.open(path) as image:
         image.load()
@@ -116,6 +120,17 @@ def file_checker(resolution: tuple[int, int], label_spec: common.LabelSpec | Non
       raise common.DataError(f'{path}: label ids {label_spec.invalid_ids(pixels)} are not '
                              'ids of this dataset')
   return check
+
+
+def _check_depth(path: str, resolution: tuple[int, int]) -> None:
+  try:
+    depth = np.load(path, mmap_mode='r')
+  except (OSError, ValueError) as e:
+    raise common.DataError(f'{path}: unreadable depth label ({e})') from e
+  if depth.dtype != np.dtype('<f4') or depth.shape != (resolution[1], resolution[0]) or (
+      not depth.flags.c_contiguous):
+    raise common.DataError(f'{path}: depth label {depth.dtype} {depth.shape}, expected C-order '
+                           f'float32 ({resolution[1]}, {resolution[0]})')
 
 
 def _read_image(path: tf.Tensor, resolution: tuple[int, int]) -> tf.Tensor:
@@ -171,9 +186,11 @@ def sde_batches(index: common.ExampleIndex, *, resolution: tuple[int, int],
   Yields per local batch of b examples:
     frames: [b, 3, h, w, 3] frames t-1, t, t+1, cropped and flipped alike, NOT colour-augmented
       (the photometric targets); frames_aug: the same with one colour jitter for all three frames
-      (the network inputs); intrinsics: [b, 3, 3] pixel K of the crop; index, step: [b] int64.
+      (the network inputs); intrinsics: [b, 3, 3] pixel K of the crop; index: [b] int64 rows of
+      `index` (only its triplets are sampled); step: [b] int64.
   """
-  triplets = index.subset(np.flatnonzero(index.is_triplet))
+  rows = np.flatnonzero(index.is_triplet)
+  triplets = index.subset(rows)
   if not len(triplets):
     raise common.DataError('SDE pipeline: the index has no frame triplets')
   if np.isnan(triplets.intrinsics).any():
@@ -181,12 +198,12 @@ def sde_batches(index: common.ExampleIndex, *, resolution: tuple[int, int],
     raise common.DataError(f'{bad}: no camera intrinsics; self-supervised depth needs them '
                            '(set the dataset\'s intrinsics in the config)')
   plan = _step_plan(
-      lambda s: sampling.example_indices(seed, stream, s, sharding.global_batch, len(triplets)),
+      lambda s: rows[sampling.example_indices(seed, stream, s, sharding.global_batch, len(rows))],
       lambda s: sampling.augmentation_params(
           sampling.step_rng(seed, stream, s), sharding.global_batch, resolution=resolution,
           crop=crop, flip_prob=flip_prob, color=color), sharding)
-  paths = tf.constant(np.stack([triplets.prev_frames, triplets.images, triplets.next_frames], 1))
-  intrinsics = tf.constant(triplets.intrinsics)
+  paths = tf.constant(np.stack([index.prev_frames, index.images, index.next_frames], 1))
+  intrinsics = tf.constant(index.intrinsics)
   crop_w, crop_h = crop
 
   def load(p):
@@ -206,7 +223,7 @@ def sde_batches(index: common.ExampleIndex, *, resolution: tuple[int, int],
                 step=p['step'])
 
   def files(plan_values):
-    return [('image', str(getattr(triplets, column)[i])) for i in plan_values['index']
+    return [('image', str(getattr(index, column)[i])) for i in plan_values['index']
             for column in ('prev_frames', 'images', 'next_frames')]
 
   return Batches(_finish(_plan_dataset(plan, start_step, num_steps), load, sharding.local_batch),
@@ -257,8 +274,10 @@ def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpe
 
   def files(plan_values):
     rows = plan_values['index']
-    return [('image', str(index.images[i])) for i in rows] + [
-        ('label', str(index.labels[i])) for i in rows if index.labels[i]]
+    return ([('image', str(index.images[i])) for i in rows] +
+            [('label', str(index.labels[i])) for i in rows if index.labels[i]] +
+            ([('depth', os.path.join(depth_dir, index.ids[i] + '.npy')) for i in rows]
+             if depth_dir else []))
 
   return load, files
 

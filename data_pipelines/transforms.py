@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601 luma, as torchvision's rgb_to_grayscale
+# ITU-R 601 luma as PIL's convert('L'), which the reference's PIL-image ColorJitter uses.
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:

@@ -100,7 +100,7 @@ class ExampleIndex:
                 intrinsics=intrinsics.reshape(-1, 4))
     ids, counts = np.unique(index.ids, return_counts=True)
     if np.any(counts > 1):
-      dup = ids[counts > 1][0]
+      dup = str(ids[counts > 1][0])
       raise DataError(f'duplicate example id {dup!r}: {index.images[index.ids == dup].tolist()}')
     return index
 
