@@ -20,6 +20,7 @@ LABEL_SPEC = common.LabelSpec(
 class CamVid(common.Reader):
   name = 'camvid'
   label_spec = LABEL_SPEC
+  segmentation_splits = ('train', 'val', 'test')
   prepare_patterns = tuple(
       pair for split in ('train', 'val', 'test')
       for pair in (('image', f'{split}/*.*'), ('label', f'{split}annot/*.png')))

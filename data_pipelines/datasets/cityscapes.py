@@ -43,6 +43,8 @@ def parse_name(path: str) -> tuple[str, str, int]:
 class Cityscapes(common.Reader):
   name = 'cityscapes'
   label_spec = LABEL_SPEC
+  segmentation_splits = ('train', 'val', 'test')
+  sequence_splits = ('train', 'val', 'test')
   prepare_patterns = (
       ('image', 'leftImg8bit/*/*/*_leftImg8bit.*'),
       ('image', 'leftImg8bit_sequence/*/*/*_leftImg8bit.*'),

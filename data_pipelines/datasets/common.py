@@ -225,11 +225,13 @@ class Reader(abc.ABC):
 
   Subclasses set `name`, `label_spec`, `prepare_patterns` ((kind, glob relative to the root) for every
   file `data_pipelines.prepare` converts; kind is 'image', 'label' or 'camera') and implement
-  `segmentation`; those with video implement `sequences`.
+  `segmentation`; those with video implement `sequences` and list `sequence_splits`.
   """
   name: str
   label_spec: LabelSpec
   prepare_patterns: tuple[tuple[str, str], ...]
+  segmentation_splits: tuple[str, ...] = ('train', 'val')
+  sequence_splits: tuple[str, ...] = ()
 
   def __init__(self, root: str, *, val_count: int = 500, sequence_root: str = ''):
     self.root = os.path.abspath(os.path.expanduser(root))

@@ -20,6 +20,7 @@ INTRINSICS = (1.206285, 2.144507, 0.5, 0.5)
 class GTA5(common.Reader):
   name = 'gta5'
   label_spec = cityscapes.LABEL_SPEC
+  sequence_splits = ('train', 'val')
   prepare_patterns = (
       ('image', 'images/*.*'),
       ('label', 'labels/*.png'),

@@ -34,6 +34,7 @@ CLASSES_13 = tuple(c for c in CLASSES_16 if c not in ('wall', 'fence', 'pole'))
 class Synthia(common.Reader):
   name = 'synthia'
   label_spec = LABEL_SPEC
+  sequence_splits = ('train',)
   prepare_patterns = (
       ('image', 'RAND_CITYSCAPES/RGB/*.*'),
       ('label', 'RAND_CITYSCAPES/GT/LABELS/*.png'),

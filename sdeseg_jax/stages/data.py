@@ -23,7 +23,8 @@ ROLES = ('target', 'source')
 def _split_sizes(reader: common.Reader) -> dict:
   """{'segmentation/train': n, 'sequences/train': n, ...}; unavailable splits say why."""
   sizes = {}
-  for kind, splits in (('segmentation', ('train', 'val', 'test')), ('sequences', ('train', 'val'))):
+  for kind, splits in (('segmentation', reader.segmentation_splits),
+                       ('sequences', reader.sequence_splits)):
     for split in splits:
       try:
         index = getattr(reader, kind)(split)
