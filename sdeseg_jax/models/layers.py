@@ -1,0 +1,95 @@
+"""Layer helpers shared by every network: convolutions and BatchNorm with PyTorch's semantics.
+
+One place decides how a convolution runs, so weights stay in one layout (kernels [kh, kw, in, out],
+torch's OIHW transposed) whatever the execution path:
+- explicit symmetric padding as torch pads (Flax's 'SAME' pads stride-2 convolutions asymmetrically
+  and would break weight compatibility), zero or reflection;
+- 1x1 convolutions as matmuls over channels: on XLA:CPU they ran about twice as fast as the
+  equivalent convolution in a ResNet101 train step (measured here), and on accelerators they are
+  the same dot.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# torchvision ResNets: kaiming normal, fan_out, ReLU gain.
+kaiming_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+# torch's default Conv2d init (kaiming uniform with a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_default = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+def torch_default_bias(fan_in: int):
+  """torch's default Conv2d bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Conv(nn.Module):
+  """2-D convolution, NHWC, with torch's padding, stride and dilation semantics.
+
+  Attributes:
+    features: output channels. kernel_size, stride, dilation: square, as torch.nn.Conv2d.
+    padding: pixels on every side; None means dilation * (kernel_size - 1) // 2 ("same" for stride 1).
+    padding_mode: 'zeros' or 'reflect' (torch's ReflectionPad2d / padding_mode='reflect').
+    use_bias: a bias term. kernel_init: initialiser of the [k, k, in, out] kernel.
+    dtype: compute dtype (parameters stay float32).
+  """
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  dilation: int = 1
+  padding: int | None = None
+  padding_mode: str = 'zeros'
+  use_bias: bool = False
+  kernel_init: Any = torch_default
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C_in] -> [B, H', W', features]."""
+    k = self.kernel_size
+    in_features = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (k, k, in_features, self.features), jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    pad = self.dilation * (k - 1) // 2 if self.padding is None else self.padding
+    if k == 1 and pad == 0:
+      y = x[:, ::self.stride, ::self.stride] @ kernel[0, 0]
+    else:
+      if pad:
+        mode = {'zeros': 'constant', 'reflect': 'reflect'}[self.padding_mode]
+        x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(self.stride, self.stride), padding='VALID',
+          rhs_dilation=(self.dilation, self.dilation),
+          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    if self.use_bias:
+      bias = self.param('bias', torch_default_bias(in_features * k * k), (self.features,),
+                        jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+def batch_norm(train: bool, dtype: Dtype, name: str | None = None,
+               scale_init=nn.initializers.ones) -> nn.BatchNorm:
+  """BatchNorm as torch's defaults: momentum 0.1 (Flax 0.9), eps 1e-5; float32 statistics."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+                      param_dtype=jnp.float32, scale_init=scale_init, name=name)
+
+
+def upsample_nearest2x(x: jax.Array) -> jax.Array:
+  """[B, H, W, C] -> [B, 2H, 2W, C], as F.interpolate(scale_factor=2, mode='nearest')."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+def resize_bilinear(x: jax.Array, height: int, width: int) -> jax.Array:
+  """Bilinear resize with half-pixel centres (torch align_corners=False), no antialiasing."""
+  shape = (x.shape[0], height, width, x.shape[-1])
+  return jax.image.resize(x, shape, 'bilinear', antialias=False).astype(x.dtype)
