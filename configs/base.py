@@ -22,6 +22,27 @@ def dataset_config(name: str = '', resolution=(1024, 512)) -> ml_collections.Con
   ))
 
 
+def model_config(depth: int = 101, output_stride: int = 16,
+                 decoder: str = 'dec6') -> ml_collections.ConfigDict:
+  """A network design (SPEC section 3); sdeseg_jax.models.networks.build(kind, config) builds it."""
+  return ml_collections.ConfigDict(dict(
+      encoder=dict(depth=depth, output_stride=output_stride, width=64, stage_sizes=()),
+      decoder=dict(name=decoder, width_scale=1.0),   # dec6 | dec11 | dec9; channels x width_scale
+      pose_encoder=dict(depth=18, output_stride=32, width=64, stage_sizes=()),
+      num_classes=19,
+      compute_dtype='float32',                        # float32 | bfloat16 (params stay float32)
+  ))
+
+
+def make_tiny(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The same design at a width and depth a CPU test runs in seconds (tests and the demo)."""
+  for encoder in (model.encoder, model.pose_encoder):
+    encoder.width = 8
+    encoder.stage_sizes = (1, 1, 1, 1)
+  model.decoder.width_scale = 1 / 8
+  return model
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = 'base'
@@ -30,6 +51,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.stages = 'data'
   # Persistent XLA compilation cache shared by runs and tests ('' disables it).
   config.compilation_cache_dir = '~/.cache/sdeseg_jax/xla'
+
+  # Networks: the target-domain SDE / segmentation design, the source-domain SDE (SSDA) and the
+  # data-selection depth student.
+  config.model = model_config()
+  config.source_model = model_config(output_stride=32, decoder='dec11')
+  config.student_model = model_config(depth=50, decoder='dec9')
 
   config.data = ml_collections.ConfigDict()
   config.data.target = dataset_config('cityscapes')

@@ -25,5 +25,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     entry.val_count = max(1, sequences // 4)
     entry.synthetic.update(domain=domain, size=size, sequences=sequences, frames=5, seed=seed)
   config.data.crop = (size[1], size[1])
+  for model in (config.model, config.source_model, config.student_model):
+    base.make_tiny(model)
   config.data.image_format = 'png'
   return config

@@ -1,0 +1,159 @@
+"""Network structure: the exact parameter counts of SPEC section 3, output shapes, dtypes, tiny configs.
+
+Parameter counts and shapes come from jax.eval_shape (no compute); forward passes use tiny networks.
+Numerical parity with PyTorch is in test_weights.py.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from sdeseg_jax.models import decoder, networks, padnet, pose, resnet
+
+KEY = jax.random.key(0)
+
+
+def _params(module, *inputs):
+  return jax.eval_shape(lambda: module.init(KEY, *inputs))['params']
+
+
+def _features(channels, height=64, width=64, output_stride=16):
+  """Encoder-like features f0..f4 for decoders: strides 2, 4, 8, 16, output_stride."""
+  strides = (2, 4, 8, 16, output_stride)
+  return [jnp.zeros((1, height // s, width // s, c)) for s, c in zip(strides, channels)]
+
+
+RESNET101 = (64, 256, 512, 1024, 2048)
+
+
+@pytest.mark.parametrize('module,inputs,expected', [
+    (resnet.ResNet(101, 16), (jnp.zeros((1, 64, 64, 3)),), 42_500_160),
+    (resnet.ResNet(50, 16), (jnp.zeros((1, 64, 64, 3)),), 23_508_032),
+    (resnet.ResNet(18, 32), (jnp.zeros((1, 64, 64, 6)),), 11_185_920),   # pose encoder, 6 channels
+    (decoder.Decoder(**decoder.DECODERS['dec6']), (_features(RESNET101),), 22_066_628),
+    (decoder.Decoder(**decoder.DECODERS['dec11']), (_features(RESNET101, output_stride=32),),
+     19_830_356),
+    (decoder.Decoder(**decoder.DECODERS['dec9']), (_features(RESNET101),), 20_333_956),
+    (padnet.PADNet(19), (_features(RESNET101),), 44_721_578),
+    (pose.PoseDecoder(), (jnp.zeros((1, 2, 2, 512)),), 1_314_572),
+], ids=['resnet101', 'resnet50', 'pose_encoder', 'dec6', 'dec11', 'dec9', 'padnet', 'pose_decoder'])
+def test_parameter_counts_match_the_reference(module, inputs, expected):
+  assert networks.count_parameters(_params(module, *inputs)) == expected
+
+
+def test_transfer_decoder_count_excludes_unused_disparity_heads():
+  params = jax.eval_shape(lambda: networks.init_variables('transfer', base.get_config().model,
+                                                          KEY))['params']
+  decoder_and_head = networks.count_parameters(params['seg_decoder']) + networks.count_parameters(
+      params['seg_head'])
+  assert decoder_and_head == 22_066_771
+
+
+def test_batch_norm_statistics_are_counted_apart():
+  variables = jax.eval_shape(lambda: resnet.ResNet(101, 16).init(KEY, jnp.zeros((1, 64, 64, 3))))
+  # Every BN layer has a mean and a variance of its channel count; scale and bias are parameters.
+  stats = networks.count_parameters(variables['batch_stats'])
+  assert stats == 2 * 52_672
+  scales = sum(int(x.size) for path, x in jax.tree_util.tree_leaves_with_path(variables['params'])
+               if path[-1].key == 'scale')
+  assert stats == 2 * scales
+
+
+@pytest.mark.parametrize('height,width', [(512, 512), (512, 1024)])
+def test_output_shapes(height, width):
+  config = base.get_config()
+  shapes = {}
+  for kind, model in (('sde', config.model), ('mtl', config.model), ('transfer', config.model),
+                      ('depth_student', config.student_model)):
+    network = networks.build(kind, model)
+    x = networks.example_input(kind, 2, height, width)
+    variables = jax.eval_shape(lambda: network.init(KEY, networks.example_input(kind, 1, 64, 64)))
+    shapes[kind] = jax.eval_shape(lambda v, x: network.apply(v, x), variables, x)
+  for kind in ('sde', 'mtl', 'depth_student'):
+    disp = shapes[kind]['disp']
+    assert sorted(disp) == [0, 1, 2, 3]
+    for s in range(4):
+      assert disp[s].shape == (2, height // 2**s, width // 2**s, 1)
+      assert disp[s].dtype == jnp.float32
+  for kind in ('mtl', 'transfer'):
+    assert shapes[kind]['logits'].shape == (2, height, width, 19)
+  assert shapes['mtl']['side_logits'].shape == (2, height // 4, width // 4, 19)
+  for kind in ('sde', 'mtl'):
+    axisangle, translation = shapes[kind]['pose_prev']
+    assert axisangle.shape == translation.shape == (2, 3)
+  features = shapes['sde']['features']
+  assert [f.shape[1:] for f in features] == [
+      (height // 2, width // 2, 64), (height // 4, width // 4, 256), (height // 8, width // 8, 512),
+      (height // 16, width // 16, 1024), (height // 16, width // 16, 2048)]
+  # Data-selection features: decoder level 3, 256 channels at 1/8.
+  assert shapes['sde']['levels'][3].shape == (2, height // 8, width // 8, 256)
+
+
+def test_output_stride_32_and_8():
+  x = jnp.zeros((1, 64, 128, 3))
+  f32 = jax.eval_shape(lambda: resnet.ResNet(101, 32).init_with_output(KEY, x))[0]
+  f8 = jax.eval_shape(lambda: resnet.ResNet(50, 8).init_with_output(KEY, x))[0]
+  assert [f.shape[1] for f in f32] == [32, 16, 8, 4, 2]
+  assert [f.shape[1] for f in f8] == [32, 16, 8, 8, 8]
+
+
+def _tiny(kind='mtl', dtype='float32'):
+  model = base.make_tiny(base.get_config().model)
+  model.compute_dtype = dtype
+  return networks.build(kind, model)
+
+
+def test_tiny_network_trains_batch_norm_and_keeps_float32_state():
+  network = _tiny('mtl')
+  frames = jax.random.uniform(KEY, (2, 3, 64, 64, 3))
+  variables = network.init(KEY, frames[:1])
+  assert networks.count_parameters(variables["params"]) < 1_000_000  # full size: 99.7M
+  out, updates = network.apply(variables, frames, train=True, mutable=['batch_stats'],
+                               rngs={'dropout': KEY})
+  assert out['logits'].shape == (2, 64, 64, 19) and bool(jnp.isfinite(out['logits']).all())
+  before = jax.tree.leaves(variables['batch_stats'])
+  after = jax.tree.leaves(updates['batch_stats'])
+  assert any(not np.allclose(a, b) for a, b in zip(before, after))
+  # Inference mode is deterministic (dropout off, running statistics).
+  a = network.apply(variables, frames)['logits']
+  b = network.apply(variables, frames)['logits']
+  np.testing.assert_array_equal(a, b)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
+  image = jax.random.uniform(KEY, (2, 64, 64, 3))
+  f32, bf16 = _tiny('transfer'), _tiny('transfer', 'bfloat16')
+  variables = f32.init(KEY, image)
+  bf16_variables = bf16.init(KEY, image)
+  for tree in (bf16_variables['params'], bf16_variables['batch_stats']):
+    assert {x.dtype for x in jax.tree.leaves(tree)} == {jnp.dtype(jnp.float32)}
+  out32 = f32.apply(variables, image)['logits']
+  out16 = bf16.apply(variables, image)['logits']
+  assert out16.dtype == jnp.float32
+  # Same weights, lower precision: close, not identical.
+  error = float(jnp.max(jnp.abs(out32 - out16)))
+  assert 0 < error < 0.1 * float(jnp.max(jnp.abs(out32)))
+
+
+def test_distillation_gate_starts_at_zero():
+  params = networks.init_variables('mtl', base.make_tiny(base.get_config().model), KEY)['params']
+  for name in ('distill_depth_to_seg', 'distill_seg_to_depth'):
+    assert not np.any(params['pad'][name]['gate']['kernel'])
+    assert np.any(params['pad'][name]['conv']['kernel'])
+
+
+def test_bad_designs_are_named():
+  model = base.get_config().model
+  with pytest.raises(ValueError, match="network 'segformer'"):
+    networks.build('segformer', model)
+  model.compute_dtype = 'float16'
+  with pytest.raises(ValueError, match="compute_dtype 'float16'"):
+    networks.build('sde', model)
+  model = base.get_config().model
+  model.decoder.name = 'dec7'
+  with pytest.raises(ValueError, match="decoder 'dec7'"):
+    networks.init_variables('sde', model, KEY)
+  with pytest.raises(ValueError, match='supports output stride 32 only'):
+    resnet.ResNet(18, 16).init(KEY, jnp.zeros((1, 32, 32, 3)))
