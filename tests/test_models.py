@@ -157,3 +157,10 @@ def test_bad_designs_are_named():
     networks.init_variables('sde', model, KEY)
   with pytest.raises(ValueError, match='supports output stride 32 only'):
     resnet.ResNet(18, 16).init(KEY, jnp.zeros((1, 32, 32, 3)))
+
+
+def test_summary_table_totals():
+  from sdeseg_jax.models import summary
+  text = summary.summarise(base.get_config(), 'mtl', depth=1)
+  assert 'pad ' in text and 'pose ' in text
+  assert text.splitlines()[-1].split()[1:] == ['99,722,230', '121,088']
