@@ -11,16 +11,14 @@ a few batches (tf.data start-up, autotuning) and is then timed over --steps batc
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import resource
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from data_pipelines import pipeline  # noqa: E402
 from data_pipelines import prepare  # noqa: E402
 from data_pipelines import synthetic  # noqa: E402
@@ -58,14 +56,14 @@ def main() -> None:
   prepare.prepare('cityscapes', raw, prepared, resolution, image_format=args.image_format)
   reader = prepare.open_prepared('cityscapes', prepared, resolution)
   sharding = pipeline.Sharding(args.batch)
-  common = dict(resolution=resolution, crop=crop, sharding=sharding, seed=0)
+  shared = dict(resolution=resolution, crop=crop, sharding=sharding, seed=0)
   train = reader.segmentation('train')
   builders = {
-      'sde_triplets': lambda: pipeline.sde_batches(reader.sequences('train'), **common),
+      'sde_triplets': lambda: pipeline.sde_batches(reader.sequences('train'), **shared),
       'segmentation_labeled': lambda: pipeline.segmentation_batches(
-          train, reader.label_spec, stream='labeled', **common),
+          train, reader.label_spec, stream='labeled', **shared),
       'segmentation_unlabeled': lambda: pipeline.segmentation_batches(
-          train.without_labels(), reader.label_spec, stream='unlabeled', **common),
+          train.without_labels(), reader.label_spec, stream='unlabeled', **shared),
       # Whole images in order; timed on the train split, which has more images than val here.
       'validation': lambda: pipeline.validation_batches(
           train, reader.label_spec, resolution=resolution, sharding=sharding),

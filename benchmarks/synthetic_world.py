@@ -23,6 +23,7 @@ import tracemalloc
 
 import numpy as np
 
+from benchmarks import common
 from data_pipelines.synthetic import layouts
 from data_pipelines.synthetic import render
 from data_pipelines.synthetic import scene as scene_lib
@@ -113,11 +114,7 @@ def main(argv=None) -> None:
                   'numpy': np.__version__, 'processor': platform.processor()},
       'results': results,
   }
-  text = json.dumps(report, indent=1)
-  print(text)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text + '\n')
+  common.emit(report, args.out)
 
 
 if __name__ == '__main__':

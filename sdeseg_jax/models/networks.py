@@ -63,6 +63,12 @@ class PoseNet(nn.Module):
     return axisangle[:, 0], translation[:, 0]
 
 
+def with_poses(out: dict, pose_net: PoseNet, frames: jax.Array, train: bool) -> dict:
+  """Adds the poses of the pairs (t-1, t) and (t, t+1) of a frame triplet to a network's outputs."""
+  return dict(out, pose_prev=pose_net(frames[:, 0], frames[:, 1], train),
+              pose_next=pose_net(frames[:, 1], frames[:, 2], train))
+
+
 class SDENetwork(nn.Module):
   """Self-supervised depth: encoder + dec-family depth decoder + pose network."""
   config: Any
@@ -83,10 +89,7 @@ class SDENetwork(nn.Module):
   def __call__(self, frames: jax.Array, train: bool = False) -> dict:
     """[B, 3, H, W, 3] frames (t-1, t, t+1) -> depth outputs of frame t, plus
     pose_prev = (axisangle, translation) of the pair (t-1, t), pose_next of the pair (t, t+1)."""
-    out = self.depth(frames[:, 1], train)
-    out['pose_prev'] = self.pose(frames[:, 0], frames[:, 1], train)
-    out['pose_next'] = self.pose(frames[:, 1], frames[:, 2], train)
-    return out
+    return with_poses(self.depth(frames[:, 1], train), self.pose, frames, train)
 
 
 class TransferSegmenter(nn.Module):
@@ -123,10 +126,7 @@ class MultiTaskNetwork(nn.Module):
 
   def __call__(self, frames: jax.Array, train: bool = False) -> dict:
     """[B, 3, H, W, 3] (t-1, t, t+1) -> segment(frame t) plus pose_prev and pose_next."""
-    out = self.segment(frames[:, 1], train)
-    out['pose_prev'] = self.pose(frames[:, 0], frames[:, 1], train)
-    out['pose_next'] = self.pose(frames[:, 1], frames[:, 2], train)
-    return out
+    return with_poses(self.segment(frames[:, 1], train), self.pose, frames, train)
 
 
 class DepthStudent(nn.Module):
