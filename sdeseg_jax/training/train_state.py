@@ -1,0 +1,63 @@
+"""The training state: one pytree holding everything a stage needs to continue exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """step, params, BN statistics, optimiser state, optional mean-teacher params, PRNG key.
+
+  `tx` is static (not saved): it is rebuilt from the config. Randomness of step s is
+  `step_key(state.rng, s)`, so a resumed run draws the same numbers as an uninterrupted one.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any
+  rng: jax.Array
+  tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, *, params, batch_stats, tx: optax.GradientTransformation, rng: jax.Array,
+             ema: bool = False) -> 'TrainState':
+    return cls(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
+               opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+               rng=rng, tx=tx)
+
+  def apply_gradients(self, grads, batch_stats=None) -> 'TrainState':
+    """One optimiser step; the mean teacher (if any) follows after it, as the reference does."""
+    updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
+    params = optax.apply_updates(self.params, updates)
+    step = self.step + 1
+    ema_params = None if self.ema_params is None else ema_update(self.ema_params, params, step)
+    return self.replace(step=step, params=params, opt_state=opt_state, ema_params=ema_params,
+                        batch_stats=self.batch_stats if batch_stats is None else batch_stats)
+
+  def to_dict(self) -> dict:
+    """The plain-dict form that checkpoints hold (no module or optimiser classes)."""
+    return flax.serialization.to_state_dict(self)
+
+  def from_dict(self, values: dict) -> 'TrainState':
+    """This state with its arrays replaced by a checkpoint's plain dict."""
+    return flax.serialization.from_state_dict(self, values)
+
+
+def ema_update(ema_params, params, step: jax.Array):
+  """Mean teacher: ema = a * ema + (1 - a) * params with a = min(1 - 1/(step + 1), 0.99).
+
+  `step` counts optimiser steps from 1 (the first update uses a = 0.5).
+  """
+  alpha = jnp.minimum(1.0 - 1.0 / (step.astype(jnp.float32) + 1.0), 0.99)
+  return jax.tree.map(lambda e, p: alpha * e + (1.0 - alpha) * p, ema_params, params)
+
+
+def step_key(rng: jax.Array, step: jax.Array) -> jax.Array:
+  """The PRNG key of a step: a pure function of the run's key and the step."""
+  return jax.random.fold_in(rng, step)

@@ -1,0 +1,167 @@
+"""Training machinery: optimiser groups, mean teacher, checkpoints, the loop's guards and resume."""
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from sdeseg_jax.training import checkpointing, loop, optim, sharding, train_state
+
+
+def _optim_config(**groups):
+  return ml_collections.ConfigDict(dict(
+      name='sgd', momentum=0.0, weight_decay=0.0, clip_norm=0.0,
+      schedule=dict(kind='constant', boundaries=(), factor=0.1, power=0.9, total_steps=0),
+      groups=groups))
+
+
+PARAMS = {'encoder': {'w': jnp.ones((3,))}, 'decoder': {'w': jnp.ones((2,)), 'b': jnp.ones(())}}
+GRADS = jax.tree.map(jnp.ones_like, PARAMS)
+
+
+def test_groups_give_each_parameter_its_learning_rate_and_freeze():
+  config = _optim_config(encoder=dict(pattern='^encoder/', lr=0.1, frozen=False),
+                         decoder=dict(pattern='^decoder/', lr=0.01, frozen=False))
+  tx = optim.build(config, PARAMS)
+  updates, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
+  np.testing.assert_allclose(updates['encoder']['w'], -0.1)
+  np.testing.assert_allclose(updates['decoder']['b'], -0.01)
+  config.groups.encoder.frozen = True
+  tx = optim.build(config, PARAMS)
+  updates, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
+  np.testing.assert_array_equal(updates['encoder']['w'], 0.0)
+  np.testing.assert_allclose(updates['decoder']['w'], -0.01)
+
+
+def test_uncovered_and_ambiguous_parameters_are_errors():
+  with pytest.raises(ValueError, match=r"match no optimiser group.*encoder/w"):
+    optim.build(_optim_config(decoder=dict(pattern='^decoder/', lr=1.0, frozen=False)), PARAMS)
+  with pytest.raises(ValueError, match=r'decoder/\w matches several optimiser groups'):
+    optim.build(_optim_config(all=dict(pattern='.', lr=1.0, frozen=False),
+                              dec=dict(pattern='^decoder/', lr=1.0, frozen=False)), PARAMS)
+
+
+def test_clipping_counts_only_trainable_parameters_and_decay_follows_torch():
+  config = _optim_config(encoder=dict(pattern='^encoder/', lr=1.0, frozen=True),
+                         decoder=dict(pattern='^decoder/', lr=1.0, frozen=False))
+  config.clip_norm = 1.0
+  tx = optim.build(config, PARAMS)
+  updates, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
+  # Trainable gradients: three ones, norm sqrt(3) -> scaled to norm 1.
+  np.testing.assert_allclose(updates['decoder']['w'], -1 / np.sqrt(3), rtol=1e-6)
+  config.clip_norm, config.weight_decay = 0.0, 0.5
+  tx = optim.build(config, PARAMS)
+  updates, _ = tx.update(GRADS, tx.init(PARAMS), PARAMS)
+  np.testing.assert_allclose(updates['decoder']['w'], -(1 + 0.5 * 1.0))  # grad + wd * param
+
+
+def test_step_and_poly_schedules():
+  config = _optim_config(all=dict(pattern='.', lr=1.0, frozen=False))
+  config.schedule.update(kind='step', boundaries=(10,), factor=0.1)
+  assert optim.learning_rates(config, 9)['lr/all'] == pytest.approx(1.0)
+  assert optim.learning_rates(config, 10)['lr/all'] == pytest.approx(0.1)
+  config.schedule.update(kind='poly', power=0.9, total_steps=100)
+  assert optim.learning_rates(config, 50)['lr/all'] == pytest.approx(0.5**0.9)
+
+
+def test_mean_teacher_schedule():
+  ema, params = {'w': jnp.zeros(())}, {'w': jnp.ones(())}
+  assert float(train_state.ema_update(ema, params, jnp.array(1))['w']) == pytest.approx(0.5)
+  assert float(train_state.ema_update(ema, params, jnp.array(1000))['w']) == pytest.approx(0.01)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A toy regression trained by the real loop.
+
+def _toy_state(seed=0):
+  config = _optim_config(all=dict(pattern='.', lr=0.1, frozen=False))
+  params = {'w': jnp.zeros((4,)), 'b': jnp.zeros(())}
+  return train_state.TrainState.create(params=params, batch_stats={}, tx=optim.build(config, params),
+                                       rng=jax.random.key_data(jax.random.key(seed)), ema=True)
+
+
+def _toy_step(state, batch):
+  def loss_fn(params):
+    noise = jax.random.normal(train_state.step_key(jax.random.wrap_key_data(state.rng), state.step))
+    prediction = batch['x'] @ params['w'] + params['b'] + 0.01 * noise
+    return jnp.mean((prediction - batch['y'])**2)
+  loss, grads = jax.value_and_grad(loss_fn)(state.params)
+  return state.apply_gradients(grads), {'loss': loss}
+
+
+def _toy_batches(start, nan_at=None, sigterm_at=None):
+  step = start
+  while True:
+    rng = np.random.default_rng(step)
+    x = rng.normal(size=(4, 4)).astype(np.float32)
+    y = (x @ np.arange(4, dtype=np.float32) + 1).astype(np.float32)
+    if step == nan_at:
+      y[0] = np.nan
+    if step == sigterm_at:
+      os.kill(os.getpid(), signal.SIGTERM)
+    yield dict(x=x, y=y)
+    step += 1
+
+
+def _run(tmp_path, name, num_steps, **batch_kwargs):
+  mesh = sharding.make_mesh()
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / name), save_interval_steps=5)
+  state, _ = checkpointer.restore_or_init(sharding.replicate(_toy_state(), mesh))
+  step = sharding.jit_train_step(_toy_step, mesh)
+  writer = loop.create_writer(str(tmp_path / name / 'logs'))
+  try:
+    return loop.train(state, step, _toy_batches(int(state.step), **batch_kwargs), mesh=mesh,
+                      num_steps=num_steps, checkpointer=checkpointer, writer=writer, log_every=2)
+  finally:
+    checkpointer.close()
+
+
+def test_loop_trains_and_resume_after_sigterm_is_exact(tmp_path):
+  reference = _run(tmp_path, 'straight', 20)
+  assert float(jnp.abs(reference.params['w'] - jnp.arange(4)).max()) < 1.0  # it learns
+  with pytest.raises(loop.Preempted, match='preempted at step 8'):
+    _run(tmp_path, 'interrupted', 20, sigterm_at=7)
+  assert checkpointing.Checkpointer(str(tmp_path / 'interrupted')).latest_step() == 8
+  resumed = _run(tmp_path, 'interrupted', 20)
+  assert int(resumed.step) == 20
+  for a, b in zip(jax.tree.leaves(reference.to_dict()), jax.tree.leaves(resumed.to_dict())):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nan_metrics_stop_with_step_and_metric_named(tmp_path):
+  with pytest.raises(loop.NonFiniteError, match=r"step 4: non-finite training metrics \{'loss'"):
+    _run(tmp_path, 'nan', 20, nan_at=3)
+  # Nothing was saved after the bad step.
+  assert checkpointing.Checkpointer(str(tmp_path / 'nan')).latest_step() is None
+
+
+def test_corrupted_and_missing_checkpoints_are_named(tmp_path):
+  _run(tmp_path, 'good', 5)
+  directory = tmp_path / 'good' / '5'
+  for path, _, files in os.walk(directory / 'default'):  # a half-copied checkpoint
+    for name in files:
+      with open(os.path.join(path, name), 'r+b') as f:
+        f.truncate(os.path.getsize(os.path.join(path, name)) // 3)
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / 'good'))
+  with pytest.raises(checkpointing.CheckpointError, match=f'{directory}: cannot restore'):
+    checkpointer.restore(_toy_state())
+  with pytest.raises(checkpointing.CheckpointError, match='nowhere: no such checkpoint directory'):
+    checkpointing.read_arrays(str(tmp_path / 'nowhere'))
+
+
+def test_merge_by_mapping_reports_missing_and_unused():
+  target = {'pad': {'seg_decoder': {'a': np.zeros(2), 'b': np.zeros(3)}}, 'encoder': {'c': np.zeros(1)}}
+  source = {'depth_decoder': {'a': np.ones(2), 'heads': np.ones(5)}}
+  merged, report = checkpointing.merge_by_mapping(target, source,
+                                                  {'depth_decoder': 'pad/seg_decoder'})
+  np.testing.assert_array_equal(merged['pad']['seg_decoder']['a'], 1.0)
+  np.testing.assert_array_equal(merged['pad']['seg_decoder']['b'], 0.0)
+  assert report == dict(loaded=['pad/seg_decoder/a'], missing=['pad/seg_decoder/b'],
+                        unused=['depth_decoder/heads'])
+  with pytest.raises(checkpointing.CheckpointError, match=r'depth_decoder/a has shape \(3,\)'):
+    checkpointing.merge_by_mapping(target, {'depth_decoder': {'a': np.ones(3)}},
+                                   {'depth_decoder': 'pad/seg_decoder'})
