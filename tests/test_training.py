@@ -86,7 +86,7 @@ def _toy_state(seed=0):
 
 def _toy_step(state, batch):
   def loss_fn(params):
-    noise = jax.random.normal(train_state.step_key(jax.random.wrap_key_data(state.rng), state.step))
+    noise = jax.random.normal(state.key)
     prediction = batch['x'] @ params['w'] + params['b'] + 0.01 * noise
     return jnp.mean((prediction - batch['y'])**2)
   loss, grads = jax.value_and_grad(loss_fn)(state.params)

@@ -77,11 +77,48 @@ class Conv(nn.Module):
     return y
 
 
+class BatchNorm(nn.Module):
+  """torch.nn.BatchNorm2d over NHWC: normalises with the batch's biased variance and keeps the
+  UNbiased one (n / (n - 1)) in the running statistics, as torch does (flax.linen.BatchNorm keeps
+  the biased one, which halves the running variance of the ASPP pooling branch at batch 2).
+
+  Statistics are float32 whatever the compute dtype; under jit with a batch-sharded input they are
+  global-batch (synchronised) statistics.
+  """
+  use_running_average: bool = False
+  momentum: float = 0.9   # Flax convention: running = momentum * running + (1 - momentum) * batch
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  scale_init: Any = nn.initializers.ones
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param('scale', self.scale_init, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    running_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,), jnp.float32)
+    running_var = self.variable('batch_stats', 'var', jnp.ones, (features,), jnp.float32)
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      x32 = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(x32, axes)
+      var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0.0)
+      if not self.is_initializing():
+        n = x.size // features
+        unbiased = var * (n / max(n - 1, 1))
+        running_mean.value = self.momentum * running_mean.value + (1 - self.momentum) * mean
+        running_var.value = self.momentum * running_var.value + (1 - self.momentum) * unbiased
+    multiplier = scale * jax.lax.rsqrt(var + self.epsilon)
+    shift = bias - mean * multiplier
+    return (x * multiplier.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
+
+
 def batch_norm(train: bool, dtype: Dtype, name: str | None = None,
-               scale_init=nn.initializers.ones) -> nn.BatchNorm:
+               scale_init=nn.initializers.ones) -> BatchNorm:
   """BatchNorm as torch's defaults: momentum 0.1 (Flax 0.9), eps 1e-5; float32 statistics."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      param_dtype=jnp.float32, scale_init=scale_init, name=name)
+  return BatchNorm(use_running_average=not train, dtype=dtype, scale_init=scale_init, name=name)
 
 
 def upsample_nearest2x(x: jax.Array) -> jax.Array:

@@ -79,18 +79,33 @@ class Checkpointer:
     return self._manager.reached_preemption(step)
 
 
+def write_tree(directory: str, tree: Any, *, overwrite: bool = False) -> str:
+  """Saves a plain nested dict of arrays as a standalone checkpoint (e.g. converted weights)."""
+  path = os.path.abspath(directory)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, tree, force=overwrite)
+  checkpointer.wait_until_finished()
+  return path
+
+
 def read_arrays(directory: str, step: int | None = None) -> dict:
-  """The plain dict of a checkpoint directory written by `Checkpointer` (latest step by default)."""
+  """The plain dict of a checkpoint: a `Checkpointer` directory (latest step by default) or a
+  standalone tree written by `write_tree` (sdeseg_jax.weights.convert)."""
+  directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
     raise CheckpointError(f'{directory}: no such checkpoint directory')
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise CheckpointError(f'{directory}: holds no checkpoint')
+  manager = ocp.CheckpointManager(directory)
   try:
-    return manager.restore(step)
+    step = manager.latest_step() if step is None else step
+    if step is not None:
+      return manager.restore(step)
+    if os.path.exists(os.path.join(directory, '_METADATA')):
+      return ocp.StandardCheckpointer().restore(directory)
+    raise CheckpointError(f'{directory}: holds no checkpoint')
+  except CheckpointError:
+    raise
   except Exception as e:
-    raise CheckpointError(f'{os.path.join(directory, str(step))}: cannot read this checkpoint '
+    raise CheckpointError(f'{directory}: cannot read this checkpoint '
                           f'({type(e).__name__}: {str(e)[:500]})') from e
   finally:
     manager.close()

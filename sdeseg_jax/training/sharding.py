@@ -56,6 +56,14 @@ def jit_train_step(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
 
 
 def jit_eval_step(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
-  """jit(step(variables, batch) -> outputs): nothing donated, outputs replicated."""
+  """jit(step(variables, batch) -> per-example outputs), outputs sharded like the batch."""
   return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                 out_shardings=replicated(mesh))
+                 out_shardings=batch_sharding(mesh))
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in order."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  shards = sorted(x.addressable_shards, key=lambda shard: shard.index[0].start or 0)
+  return np.concatenate([np.asarray(shard.data) for shard in shards])

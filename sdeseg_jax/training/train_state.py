@@ -11,7 +11,8 @@ import optax
 
 
 class TrainState(flax.struct.PyTreeNode):
-  """step, params, BN statistics, optimiser state, optional mean-teacher params, PRNG key.
+  """step, params, BN statistics, optimiser state, optional mean-teacher params, PRNG key, and
+  optional constants of the loss (e.g. the frozen encoder of the feature distance).
 
   `tx` is static (not saved): it is rebuilt from the config. Randomness of step s is
   `step_key(state.rng, s)`, so a resumed run draws the same numbers as an uninterrupted one.
@@ -22,14 +23,21 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
   ema_params: Any
   rng: jax.Array
+  constants: Any
   tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
 
   @classmethod
   def create(cls, *, params, batch_stats, tx: optax.GradientTransformation, rng: jax.Array,
-             ema: bool = False) -> 'TrainState':
+             ema: bool = False, constants=None) -> 'TrainState':
+    """rng: raw key data (jax.random.key_data), which checkpoints store as plain uint32."""
     return cls(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
                opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params) if ema else None,
-               rng=rng, tx=tx)
+               rng=rng, constants=constants, tx=tx)
+
+  @property
+  def key(self) -> jax.Array:
+    """The PRNG key of the current step."""
+    return step_key(jax.random.wrap_key_data(self.rng), self.step)
 
   def apply_gradients(self, grads, batch_stats=None) -> 'TrainState':
     """One optimiser step; the mean teacher (if any) follows after it, as the reference does."""
