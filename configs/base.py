@@ -43,6 +43,42 @@ def make_tiny(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return model
 
 
+def optim_config(name: str, groups: dict, *, kind: str = 'constant', boundaries=(),
+                 factor: float = 0.1, power: float = 0.9, total_steps: int = 0,
+                 momentum: float = 0.9, weight_decay: float = 0.0,
+                 clip_norm: float = 0.0) -> ml_collections.ConfigDict:
+  """An optimiser (sdeseg_jax.training.optim): groups = {name: dict(pattern, lr, frozen)}."""
+  return ml_collections.ConfigDict(dict(
+      name=name, momentum=momentum, weight_decay=weight_decay, clip_norm=clip_norm,
+      schedule=dict(kind=kind, boundaries=tuple(boundaries), factor=factor, power=power,
+                    total_steps=total_steps),
+      groups={k: dict(dict(frozen=False), **v) for k, v in groups.items()}))
+
+
+def sde_config() -> ml_collections.ConfigDict:
+  """Self-supervised depth pretraining (SPEC sections 4-5); defaults: the reference's phase C."""
+  return ml_collections.ConfigDict(dict(
+      batch_size=4,
+      crop=(512, 512),           # (w, h); the working resolution for uncropped frames (phase A)
+      num_steps=100_000,
+      optim=optim_config('adam', dict(
+          encoder=dict(pattern='^encoder/', lr=1e-5),
+          depth_decoder=dict(pattern='^depth_decoder/', lr=1e-5),
+          pose=dict(pattern='^pose/', lr=1e-5))),
+      feature_distance=1e-2,     # x L2 distance of layer4 features to the ImageNet encoder's (C)
+      min_depth=0.1, max_depth=100.0, smoothness=1e-3,
+      # Initialisation, each an Orbax checkpoint folder ('' = random init):
+      init=dict(
+          encoder='',            # ImageNet ResNet (sdeseg_jax.weights.convert --from torchvision)
+          pose_encoder='',       # ImageNet ResNet18 converted with --num_input_images 2
+          sde='',                # a whole SDE network: --from reference_sde, or an SDE run's ckpt
+      ),
+      log_every=50, checkpoint_every=1000, keep_checkpoints=3, images_every=1000,
+      # Depth evaluation on the validation split where ground truth exists (0: only at the end).
+      eval_every=0, eval_images=200, eval_min_depth=1e-3, eval_max_depth=80.0,
+  ))
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = 'base'
@@ -57,6 +93,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = model_config()
   config.source_model = model_config(output_stride=32, decoder='dec11')
   config.student_model = model_config(depth=50, decoder='dec9')
+
+  config.sde = sde_config()
+  config.depth_labels = ml_collections.ConfigDict(dict(
+      roles=('target',),        # whose segmentation images get depth labels (SSDA: + 'source')
+      batch_size=8))
 
   config.data = ml_collections.ConfigDict()
   config.data.target = dataset_config('cityscapes')

@@ -13,7 +13,7 @@ from configs import base
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config = base.get_config()
   config.experiment = 'demo'
-  config.stages = 'data'
+  config.stages = 'data,sde_pretrain,depth_labels'
   size, sequences = ((256, 128), 12) if arg != 'tiny' else ((128, 64), 4)
   if arg not in ('', 'tiny'):
     raise ValueError(f'configs/demo.py: unknown variant {arg!r} (known: tiny)')
@@ -27,5 +27,18 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.data.crop = (size[1], size[1])
   for model in (config.model, config.source_model, config.student_model):
     base.make_tiny(model)
+  # Self-supervised depth from scratch (no ImageNet weights here): all groups at Adam 1e-3.
+  sde = config.sde
+  sde.optim = base.optim_config('adam', dict(all=dict(pattern='.', lr=1e-3)))
+  sde.feature_distance = 0.0
+  sde.crop = (size[1], size[1])
+  sde.batch_size = 4
+  sde.num_steps = 600 if arg != 'tiny' else 4
+  sde.log_every, sde.checkpoint_every, sde.images_every = 50, 200, 200
+  sde.eval_every = 200
+  if arg == 'tiny':
+    sde.batch_size = 2
+    sde.log_every = sde.checkpoint_every = sde.images_every = sde.eval_every = 2
+  config.depth_labels.batch_size = 2
   config.data.image_format = 'png'
   return config

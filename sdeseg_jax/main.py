@@ -14,6 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from sdeseg_jax import stages
+from sdeseg_jax.training import checkpointing
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -32,6 +33,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.getLogger().setLevel(logging.INFO)
+  for handler in logging.getLogger().handlers:
+    handler.addFilter(checkpointing.QuietOrbax())
   config = _CONFIG.value
   configure_compilation_cache(config.compilation_cache_dir)
   logging.info('Experiment %s in %s, stages: %s', config.experiment, _WORKDIR.value, config.stages)

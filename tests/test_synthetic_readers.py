@@ -80,6 +80,7 @@ def test_pipelines_serve_the_world(world):
 
 def test_tiny_demo_runs_the_data_stage(tmp_path, capsys):
   config = demo.get_config('tiny')
+  config.stages = 'data'
   config.lock()
   workdir = str(tmp_path / 'demo')
   assert stages.run_stages(config, workdir) == ['data']

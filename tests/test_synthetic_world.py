@@ -218,7 +218,7 @@ def test_domains_differ_in_colour_statistics(camvid_worlds):
 # ------------------------------------------------------------------------------------------------
 # Layouts.
 
-CITYSCAPES_NAME = re.compile(r'^(synthcity_[a-z])_(\d{6})_(\d{6})_leftImg8bit\.png$')
+CITYSCAPES_NAME = re.compile(r'^(synthcity_[a-z](?:_val)?)_(\d{6})_(\d{6})_leftImg8bit\.png$')
 
 
 def test_cityscapes_layout(city_cityscapes):
@@ -227,6 +227,8 @@ def test_cityscapes_layout(city_cityscapes):
   assert summary['splits'] == {'train': 3, 'val': 1}
   annotated = sorted((root / 'leftImg8bit').glob('*/*/*.png'))
   assert len(annotated) == 4
+  # As in Cityscapes, train and val have different cities, so ids are unique across splits.
+  assert len({p.name for p in annotated}) == 4
   for path in annotated:
     split, city = path.parts[-3], path.parts[-2]
     match = CITYSCAPES_NAME.match(path.name)

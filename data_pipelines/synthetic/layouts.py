@@ -93,7 +93,9 @@ def plan_layout(layout: str, sequences: int, frames: int, val_fraction: float) -
     counters[split] = position + 1
     targets = {f: [] for f in range(frames)}
     if layout == 'cityscapes':
+      # As in Cityscapes, the cities of different splits differ, so example ids are unique.
       city, seq = CITIES[position % len(CITIES)], position // len(CITIES)
+      city = city if split == 'train' else f'{city}_{split}'
       for f in range(frames):
         targets[f].append(ImageTarget(
             f'leftImg8bit_sequence/{split}/{city}/{city}_{seq:06d}_{f:06d}_leftImg8bit.png'))

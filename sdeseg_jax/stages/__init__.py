@@ -17,6 +17,8 @@ import ml_collections
 # Stage name -> module holding its run(); in the order the method runs them.
 STAGES = {
     'data': 'sdeseg_jax.stages.data',
+    'sde_pretrain': 'sdeseg_jax.stages.sde_pretrain',
+    'depth_labels': 'sdeseg_jax.stages.depth_labels',
 }
 
 

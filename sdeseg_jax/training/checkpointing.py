@@ -19,6 +19,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class QuietOrbax(logging.Filter):
+  """Drops Orbax's INFO lines (several per save and restore); its warnings and errors pass."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
 class CheckpointError(RuntimeError):
   """A checkpoint that is missing, unreadable or does not fit: the message names it."""
 
@@ -98,7 +105,7 @@ def read_arrays(directory: str, step: int | None = None) -> dict:
   try:
     step = manager.latest_step() if step is None else step
     if step is not None:
-      return manager.restore(step)
+      return manager.restore(step, args=ocp.args.StandardRestore())
     if os.path.exists(os.path.join(directory, '_METADATA')):
       return ocp.StandardCheckpointer().restore(directory)
     raise CheckpointError(f'{directory}: holds no checkpoint')

@@ -1,0 +1,99 @@
+"""The `depth_labels` stage: the trained SDE's disparity for every segmentation image.
+
+Writes <workdir>/depth/<role>/<example id>.npy: float32 [H, W] level-0 sigmoid disparity at the
+working resolution, which the segmentation pipelines read as depth labels (depth_dir). Images whose
+file exists are skipped, so an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from data_pipelines import pipeline
+from data_pipelines import sources
+from data_pipelines.datasets import DataError
+from sdeseg_jax.models import networks
+from sdeseg_jax.stages import sde_pretrain
+from sdeseg_jax.training import checkpointing
+from sdeseg_jax.training import sharding
+
+# role -> (SDE stage folder, model config key)
+SDE_OF_ROLE = {'target': ('sde', 'model')}
+
+
+def depth_dir(workdir: str, role: str) -> str:
+  return os.path.join(workdir, 'depth', role)
+
+
+def load_sde_variables(directory: str) -> dict:
+  """{'params', 'batch_stats'} of the latest checkpoint of an SDE run."""
+  ckpt = os.path.join(directory, 'ckpt')
+  if not os.path.isdir(ckpt):
+    raise checkpointing.CheckpointError(f'{ckpt}: no SDE checkpoint; run the sde_pretrain stage '
+                                        'first (or name it in config.stages)')
+  arrays = checkpointing.read_arrays(ckpt)
+  return {'params': arrays['params'], 'batch_stats': arrays['batch_stats']}
+
+
+def _save_atomic(path: str, array: np.ndarray) -> None:
+  tmp = f'{path}.tmp{os.getpid()}.npy'
+  np.save(tmp, np.ascontiguousarray(array, np.float32))
+  os.replace(tmp, path)
+
+
+def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: str) -> int:
+  """Predicts and writes the missing depth labels of `role`; returns how many were written."""
+  if role not in SDE_OF_ROLE:
+    raise ValueError(f'config.depth_labels.roles: {role!r} has no SDE stage (known: '
+                     f'{sorted(SDE_OF_ROLE)})')
+  folder, model_key = SDE_OF_ROLE[role]
+  entry = config.data[role]
+  mesh = sharding.make_mesh()
+  batch_size = config.depth_labels.batch_size
+  sharding.check_global_batch(batch_size, mesh)
+  reader = sources.open_dataset(entry, workdir, role)
+  out = depth_dir(workdir, role)
+  os.makedirs(out, exist_ok=True)
+  network = networks.build('sde', config[model_key])
+  variables = sharding.replicate(load_sde_variables(os.path.join(workdir, folder)), mesh)
+  predict = sharding.jit_eval_step(sde_pretrain.make_predict_disparity(network), mesh)
+  indices = {}
+  for split in reader.segmentation_splits:
+    try:
+      indices[split] = reader.segmentation(split)
+    except DataError as e:  # a split the tree does not have (e.g. no test images)
+      logging.info('depth labels %s/%s: skipped (%s)', role, split, e)
+  # Depth labels are named by example id: ids must not repeat across splits.
+  ids, counts = np.unique(np.concatenate([i.ids for i in indices.values()]), return_counts=True)
+  if np.any(counts > 1):
+    raise DataError(f'{reader.root}: example ids {ids[counts > 1][:5].tolist()} occur in several '
+                    'splits; depth labels need unique ids')
+  written = 0
+  for split, index in indices.items():
+    todo = [i for i, example in enumerate(index.ids)
+            if not os.path.exists(os.path.join(out, example + '.npy'))]
+    if not todo:
+      continue
+    index = index.subset(todo).without_labels()
+    batches = pipeline.validation_batches(
+        index, reader.label_spec, resolution=tuple(entry.resolution),
+        sharding=pipeline.Sharding(batch_size, jax.process_index(), jax.process_count()))
+    for batch in batches:
+      disparity = sharding.local_rows(predict(variables, sharding.global_batch(
+          {'image': batch['image']}, mesh)))
+      for row in np.flatnonzero(batch['valid']):
+        _save_atomic(os.path.join(out, index.ids[batch['index'][row]] + '.npy'),
+                     disparity[row, ..., 0])
+        written += 1
+    logging.info('depth labels %s/%s: %d images', role, split, len(index))
+  return written
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  for role in config.depth_labels.roles:
+    write_depth_labels(config, workdir, role)

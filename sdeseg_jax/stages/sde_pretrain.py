@@ -1,0 +1,227 @@
+"""The `sde_pretrain` stage: self-supervised monocular depth + pose on frame triplets (SPEC 4-5).
+
+Phases A/B/C of the reference are configs of this one stage (config.sde): which groups are frozen,
+the crop, the learning rates and the feature-distance weight. Initialisation from converted ImageNet
+or reference-SDE weights, or from an earlier run, by config.sde.init. Output: <workdir>/sde/ckpt,
+TensorBoard logs in <workdir>/sde/logs and the final depth evaluation in <workdir>/sde/eval.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from data_pipelines import depth_truth
+from data_pipelines import pipeline
+from data_pipelines import sampling
+from data_pipelines import sources
+from sdeseg_jax import ops
+from sdeseg_jax.models import networks
+from sdeseg_jax.training import checkpointing
+from sdeseg_jax.training import loop
+from sdeseg_jax.training import optim
+from sdeseg_jax.training import sharding
+from sdeseg_jax.training import train_state
+
+# Where each init entry goes in the SDE network's variables ({source prefix: target prefix}).
+_IMAGENET_ENCODER = {'params': 'params/encoder', 'batch_stats': 'batch_stats/encoder'}
+_IMAGENET_POSE = {'params': 'params/pose/pose_encoder', 'batch_stats': 'batch_stats/pose/pose_encoder'}
+# A converted reference SDE (components at top level) or an SDE run's checkpoint (our layout).
+_REFERENCE_SDE = {f'{c}/{m}': f'{c}/{t}' for c in ('params', 'batch_stats') for m, t in (
+    ('encoder', 'encoder'), ('depth_decoder', 'depth_decoder'),
+    ('pose_encoder', 'pose/pose_encoder'), ('pose_decoder', 'pose/pose_decoder'))}
+_OWN_SDE = {'params': 'params', 'batch_stats': 'batch_stats'}
+
+
+def initial_variables(variables: dict, init: ml_collections.ConfigDict) -> dict:
+  """The network's variables with the configured pretrained weights loaded over them."""
+  variables = jax.device_get(variables)
+  entries = [(init.sde, None), (init.encoder, _IMAGENET_ENCODER), (init.pose_encoder, _IMAGENET_POSE)]
+  for directory, mapping in entries:
+    if not directory:
+      continue
+    source = checkpointing.read_arrays(directory)
+    if mapping is None:  # whole SDE: our own checkpoint layout or the converter's
+      own = 'pose' in source.get('params', {})
+      mapping = _OWN_SDE if own else _REFERENCE_SDE
+      if own and 'batch_stats' not in source:
+        mapping = {'params': 'params'}
+    if 'batch_stats' not in variables:
+      mapping = {k: v for k, v in mapping.items() if not k.startswith('batch_stats')}
+    variables, _ = checkpointing.merge_by_mapping(variables, source, mapping, what=directory)
+  return variables
+
+
+def create_state(config: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
+                 network) -> train_state.TrainState:
+  """The initial train state (random init, then the configured pretrained weights)."""
+  sde = config.sde
+  key = jax.random.key(config.seed)
+  variables = jax.jit(lambda k: network.init(k, networks.example_input('sde', 1, 64, 64)))(key)
+  variables = initial_variables(variables, sde.init)
+  params, batch_stats = variables['params'], variables['batch_stats']
+  constants = None
+  if sde.feature_distance:
+    # The frozen copy of the initial encoder (ImageNet weights when init.encoder names them).
+    constants = {'params': params['encoder'], 'batch_stats': batch_stats['encoder']}
+  return train_state.TrainState.create(
+      params=params, batch_stats=batch_stats, tx=optim.build(sde.optim, params),
+      rng=jax.random.key_data(jax.random.fold_in(key, 1)), constants=constants)
+
+
+def make_train_step(network, model: ml_collections.ConfigDict, sde: ml_collections.ConfigDict):
+  """step(state, batch) -> (state, metrics) for batches of sde_batches."""
+  encoder = networks.encoder_from_config(model.encoder, networks.DTYPES[model.compute_dtype])
+
+  def step(state, batch):
+    dropout_key, noise_key = jax.random.split(state.key)
+
+    def loss_fn(params):
+      outputs, updates = network.apply(
+          {'params': params, 'batch_stats': state.batch_stats}, batch['frames_aug'], train=True,
+          mutable=['batch_stats'], rngs={'dropout': dropout_key})
+      loss, aux = ops.sde_loss(outputs['disp'], batch['frames'], batch['intrinsics'],
+                               outputs['pose_prev'], outputs['pose_next'], noise_key,
+                               min_depth=sde.min_depth, max_depth=sde.max_depth,
+                               smoothness_weight=sde.smoothness)
+      metrics = {'loss/sde': loss, 'automask_fraction': aux['automask_fraction']}
+      metrics.update({f'photometric/scale{s}': v for s, v in aux['photometric'].items()})
+      if sde.feature_distance:
+        reference = encoder.apply(state.constants, batch['frames_aug'][:, 1], train=False)[-1]
+        distance = ops.feature_distance(outputs['features'][-1],
+                                        jax.lax.stop_gradient(reference))
+        metrics['loss/feature_distance'] = distance
+        loss = loss + sde.feature_distance * distance
+      metrics['loss/total'] = loss
+      return loss, (metrics, updates['batch_stats'])
+
+    grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+    metrics['grad_norm'] = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads)))
+    return state.apply_gradients(grads, batch_stats), metrics
+
+  return step
+
+
+def make_predict_disparity(network):
+  """(variables, batch) -> [B, H, W, 1] level-0 disparity of batch['image'] (inference mode)."""
+  def predict(variables, batch):
+    return network.apply(variables, batch['image'], method='depth')['disp'][0]
+  return predict
+
+
+def predict_depth_at(disparity: np.ndarray, shape: tuple[int, int], sde) -> np.ndarray:
+  """[H, W, 1] disparity -> [h, w] depth at the ground truth's resolution (bilinear on disparity)."""
+  resized = jax.image.resize(jnp.asarray(disparity), (*shape, 1), 'bilinear')[..., 0]
+  return np.asarray(ops.disp_to_depth(resized, sde.min_depth, sde.max_depth)[1])
+
+
+def evaluate_depth(predict, variables, reader, truth: depth_truth.DepthTruth, *, resolution,
+                   mesh, sde) -> dict:
+  """Mean median-scaled depth metrics on the val images with ground truth, of the network and of
+  a constant-depth predictor ('constant/...'): the floor any learned depth must beat."""
+  index = reader.segmentation('val')
+  index = index.subset([i for i, path in enumerate(index.images) if truth.has(path)][
+      :sde.eval_images])
+  if not len(index):
+    return {}
+  batches = pipeline.validation_batches(
+      index.without_labels(), reader.label_spec, resolution=resolution,
+      sharding=pipeline.Sharding(mesh.size, jax.process_index(), jax.process_count()))
+  metric = jax.jit(lambda p, g: ops.depth_metrics(p, g, min_depth=sde.eval_min_depth,
+                                                  max_depth=sde.eval_max_depth))
+  rows = []
+  for batch in batches:
+    disparity = sharding.local_rows(predict(variables, sharding.global_batch(
+        {'image': batch['image']}, mesh)))
+    for row in np.flatnonzero(batch['valid']):
+      gt = truth(index.images[batch['index'][row]])
+      pred = predict_depth_at(disparity[row], gt.shape, sde)
+      learned = metric(pred[None], gt[None])
+      constant = metric(np.ones_like(gt)[None], gt[None])
+      rows.append([float(learned[k][0]) for k in ops.DEPTH_METRIC_NAMES] +
+                  [float(constant[k][0]) for k in ops.DEPTH_METRIC_NAMES])
+  totals = np.nansum(np.array(rows).reshape(-1, 2 * len(ops.DEPTH_METRIC_NAMES)), axis=0)
+  count = np.array([len(rows)], np.float64)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    totals = np.sum(multihost_utils.process_allgather(totals), axis=0)
+    count = np.sum(multihost_utils.process_allgather(count), axis=0)
+  means = totals / max(float(count[0]), 1.0)
+  names = list(ops.DEPTH_METRIC_NAMES) + [f'constant/{k}' for k in ops.DEPTH_METRIC_NAMES]
+  return dict(zip(names, (float(v) for v in means)), images=int(count[0]))
+
+
+def disparity_images(predict, variables, images: jax.Array) -> dict:
+  """Image summaries: images [B, H, W, 3] and their disparities (per-image min-max normalised)."""
+  disparity = predict(variables, {'image': images})
+  low = jnp.min(disparity, axis=(1, 2, 3), keepdims=True)
+  high = jnp.max(disparity, axis=(1, 2, 3), keepdims=True)
+  normalised = (disparity - low) / jnp.maximum(high - low, 1e-6)
+  return {'input': images, 'disparity': jnp.repeat(normalised, 3, axis=-1)}
+
+
+def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
+              model: ml_collections.ConfigDict, directory: str) -> dict:
+  """Trains an SDE on the sequences of dataset `role`; returns the final depth evaluation."""
+  sde, entry = config.sde, config.data[role]
+  resolution = tuple(entry.resolution)
+  crop = tuple(sde.crop) if tuple(sde.crop) != (0, 0) else resolution
+  mesh = sharding.make_mesh()
+  sharding.check_global_batch(sde.batch_size, mesh)
+  reader = sources.open_dataset(entry, workdir, role)
+  network = networks.build('sde', model)
+  checkpointer = checkpointing.Checkpointer(
+      os.path.join(directory, 'ckpt'), max_to_keep=sde.keep_checkpoints,
+      save_interval_steps=sde.checkpoint_every)
+  state = sharding.replicate(create_state(config, model, network), mesh)
+  state, resumed = checkpointer.restore_or_init(state)
+  start = int(jax.device_get(state.step))
+  writer = loop.create_writer(os.path.join(directory, 'logs'))
+  predict = sharding.jit_eval_step(make_predict_disparity(network), mesh)
+  truth = depth_truth.DepthTruth(reader.root, sources.roots(entry, workdir, role)[0])
+  variables = lambda s: {'params': s.params, 'batch_stats': s.batch_stats}
+
+  def evaluate(state, step):
+    metrics = evaluate_depth(predict, variables(state), reader, truth, resolution=resolution,
+                             mesh=mesh, sde=sde)
+    if metrics:
+      logging.info('SDE depth evaluation at step %d: %s', step, json.dumps(metrics))
+    return metrics
+
+  if not truth.available:
+    logging.info('No ground-truth depth for %s: depth evaluation skipped', reader.root)
+  elif not resumed:
+    writer.write_scalars(0, {f'eval/{k}': v for k, v in evaluate(state, 0).items()})
+  batches = pipeline.sde_batches(
+      reader.sequences('train'), resolution=resolution, crop=crop, seed=config.seed,
+      sharding=pipeline.Sharding(sde.batch_size, jax.process_index(), jax.process_count()),
+      flip_prob=config.data.flip_prob, color=sampling.ColorJitter(**config.data.color_jitter),
+      start_step=start)
+  images_fn = jax.jit(lambda s, frames: disparity_images(predict, variables(s), frames[:, 1]))
+  hooks = loop.LoopHooks(
+      evaluate=evaluate if truth.available else None, evaluate_every=sde.eval_every,
+      images=lambda s, batch, step: images_fn(s, batch['frames']), images_every=sde.images_every)
+  step = sharding.jit_train_step(make_train_step(network, model, sde), mesh)
+  try:
+    state = loop.train(state, step, batches, mesh=mesh, num_steps=sde.num_steps,
+                       checkpointer=checkpointer, writer=writer, log_every=sde.log_every,
+                       hooks=hooks, extra_scalars=lambda s: optim.learning_rates(sde.optim, s))
+  finally:
+    checkpointer.close()
+  metrics = evaluate(state, sde.num_steps) if truth.available else {}
+  if jax.process_index() == 0:
+    with open(os.path.join(directory, 'eval.json'), 'w') as f:
+      json.dump(metrics, f, indent=2)
+  writer.close()
+  return metrics
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  train_sde(config, workdir, role='target', model=config.model,
+            directory=os.path.join(workdir, 'sde'))
