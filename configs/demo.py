@@ -14,7 +14,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config = base.get_config()
   config.experiment = 'demo'
   config.stages = 'data,sde_pretrain,depth_labels'
-  size, sequences = ((256, 128), 12) if arg != 'tiny' else ((128, 64), 4)
+  size, sequences = ((256, 128), 20) if arg != 'tiny' else ((128, 64), 4)
   if arg not in ('', 'tiny'):
     raise ValueError(f'configs/demo.py: unknown variant {arg!r} (known: tiny)')
   for role, name, domain, seed in (('target', 'cityscapes', 'city', 0),
@@ -29,13 +29,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     base.make_tiny(model)
   # Self-supervised depth from scratch (no ImageNet weights here): all groups at Adam 1e-3.
   sde = config.sde
-  sde.optim = base.optim_config('adam', dict(all=dict(pattern='.', lr=1e-3)))
+  sde.optim = base.optim_config('adam', dict(all=dict(pattern='.', lr=1e-3)), kind='step',
+                                boundaries=(1200,))
   sde.feature_distance = 0.0
   sde.crop = (size[1], size[1])
   sde.batch_size = 4
-  sde.num_steps = 600 if arg != 'tiny' else 4
-  sde.log_every, sde.checkpoint_every, sde.images_every = 50, 200, 200
-  sde.eval_every = 200
+  sde.num_steps = 1500 if arg != 'tiny' else 4
+  sde.log_every, sde.checkpoint_every, sde.images_every = 50, 250, 250
+  sde.eval_every = 250
   if arg == 'tiny':
     sde.batch_size = 2
     sde.log_every = sde.checkpoint_every = sde.images_every = sde.eval_every = 2

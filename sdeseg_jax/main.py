@@ -15,6 +15,10 @@ from ml_collections import config_flags
 
 from sdeseg_jax import stages
 from sdeseg_jax.training import checkpointing
+from sdeseg_jax.training import loop
+
+# Exit status after a preemption save (128 + SIGTERM, as a process killed by it): not finished.
+PREEMPTED_EXIT_CODE = 143
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -38,7 +42,11 @@ def main(argv):
   config = _CONFIG.value
   configure_compilation_cache(config.compilation_cache_dir)
   logging.info('Experiment %s in %s, stages: %s', config.experiment, _WORKDIR.value, config.stages)
-  stages.run_stages(config, _WORKDIR.value)
+  try:
+    stages.run_stages(config, _WORKDIR.value)
+  except loop.Preempted as e:
+    logging.warning('%s', e)
+    sys.exit(PREEMPTED_EXIT_CODE)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

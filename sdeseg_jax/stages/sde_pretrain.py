@@ -214,7 +214,9 @@ def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
                        hooks=hooks, extra_scalars=lambda s: optim.learning_rates(sde.optim, s))
   finally:
     checkpointer.close()
-  metrics = evaluate(state, sde.num_steps) if truth.available else {}
+  metrics = {}
+  if truth.available:  # the loop evaluated after its last step unless there was nothing to train
+    metrics = hooks.last_evaluation or evaluate(state, sde.num_steps)
   if jax.process_index() == 0:
     with open(os.path.join(directory, 'eval.json'), 'w') as f:
       json.dump(metrics, f, indent=2)

@@ -42,12 +42,14 @@ class NonFiniteError(FloatingPointError):
 class LoopHooks:
   """Optional work at intervals (0 = never). Each callable receives (state, step).
 
-  evaluate: returns scalar metrics, written under 'eval/'. images: returns {name: [N, H, W, C]}.
+  evaluate: returns scalar metrics, written under 'eval/' (also after the last step); the latest
+  result stays in `last_evaluation`. images: returns {name: [N, H, W, C]}.
   """
   evaluate: Callable[[Any, int], dict] | None = None
   evaluate_every: int = 0
   images: Callable[[Any, dict, int], dict] | None = None
   images_every: int = 0
+  last_evaluation: dict | None = None
 
 
 def create_writer(logdir: str) -> metric_writers.MetricWriter:
@@ -132,9 +134,10 @@ def train(state, train_step: Callable, batches: Iterable[dict], *, mesh, num_ste
         writer.write_scalars(done, values)
       if hooks.images is not None and hooks.images_every and done % hooks.images_every == 0:
         writer.write_images(done, jax.device_get(hooks.images(state, batch, done)))
-      if hooks.evaluate is not None and hooks.evaluate_every and (
-          done % hooks.evaluate_every == 0 or done == num_steps):
-        writer.write_scalars(done, {f'eval/{k}': v for k, v in hooks.evaluate(state, done).items()})
+      if hooks.evaluate is not None and (
+          (hooks.evaluate_every and done % hooks.evaluate_every == 0) or done == num_steps):
+        hooks.last_evaluation = hooks.evaluate(state, done)
+        writer.write_scalars(done, {f'eval/{k}': v for k, v in hooks.last_evaluation.items()})
       preempted = guard.requested or checkpointer.reached_preemption(done)
       if preempted or done == num_steps or checkpointer.due(done):
         if pending:  # never save a state whose metrics have not been checked
