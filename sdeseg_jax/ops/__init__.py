@@ -14,6 +14,36 @@ from sdeseg_jax.ops.photometric import reprojection_loss
 from sdeseg_jax.ops.photometric import sde_loss
 from sdeseg_jax.ops.photometric import smoothness_loss
 from sdeseg_jax.ops.photometric import ssim
+from sdeseg_jax.ops.augment import adjust_brightness_additive
+from sdeseg_jax.ops.augment import adjust_contrast
+from sdeseg_jax.ops.augment import adjust_hue
+from sdeseg_jax.ops.augment import adjust_saturation
+from sdeseg_jax.ops.augment import apply_strong_augment
+from sdeseg_jax.ops.augment import gaussian_blur
+from sdeseg_jax.ops.augment import sample_strong_augment_params
+from sdeseg_jax.ops.augment import strong_augment
+from sdeseg_jax.ops.augment import StrongAugmentParams
+from sdeseg_jax.ops.mixing import berhu_loss
+from sdeseg_jax.ops.mixing import classmix_mask
+from sdeseg_jax.ops.mixing import cross_domain_pixel_weights
+from sdeseg_jax.ops.mixing import depthmix_mask
+from sdeseg_jax.ops.mixing import geometric_difference
+from sdeseg_jax.ops.mixing import mix
+from sdeseg_jax.ops.mixing import mix_labels
+from sdeseg_jax.ops.mixing import normalize_disparity
+from sdeseg_jax.ops.mixing import one_hot_targets
+from sdeseg_jax.ops.mixing import pair_with_next
+from sdeseg_jax.ops.mixing import pseudo_label_quality
+from sdeseg_jax.ops.mixing import pseudo_labels
+from sdeseg_jax.ops.mixing import signed_margin
+from sdeseg_jax.ops.segmentation import class_subset_miou
+from sdeseg_jax.ops.segmentation import confusion_matrix
+from sdeseg_jax.ops.segmentation import cross_entropy
+from sdeseg_jax.ops.segmentation import IGNORE_LABEL
+from sdeseg_jax.ops.segmentation import iou_from_confusion
+from sdeseg_jax.ops.segmentation import resize_logits
+from sdeseg_jax.ops.segmentation import SYNTHIA_13_CLASSES
+from sdeseg_jax.ops.segmentation import SYNTHIA_16_CLASSES
 
 __all__ = [
     'backproject',
@@ -29,4 +59,38 @@ __all__ = [
     'ssim',
     'transformation_from_parameters',
     'warp',
+]
+
+# Segmentation, mixing and strong augmentation (SPEC sections 6-8).
+__all__ += [
+    'IGNORE_LABEL',
+    'SYNTHIA_13_CLASSES',
+    'SYNTHIA_16_CLASSES',
+    'StrongAugmentParams',
+    'adjust_brightness_additive',
+    'adjust_contrast',
+    'adjust_hue',
+    'adjust_saturation',
+    'apply_strong_augment',
+    'berhu_loss',
+    'class_subset_miou',
+    'classmix_mask',
+    'confusion_matrix',
+    'cross_domain_pixel_weights',
+    'cross_entropy',
+    'depthmix_mask',
+    'gaussian_blur',
+    'geometric_difference',
+    'iou_from_confusion',
+    'mix',
+    'mix_labels',
+    'normalize_disparity',
+    'one_hot_targets',
+    'pair_with_next',
+    'pseudo_label_quality',
+    'pseudo_labels',
+    'resize_logits',
+    'sample_strong_augment_params',
+    'signed_margin',
+    'strong_augment',
 ]

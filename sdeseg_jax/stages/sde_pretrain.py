@@ -8,6 +8,7 @@ TensorBoard logs in <workdir>/sde/logs and the final depth evaluation in <workdi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -115,6 +116,11 @@ def make_predict_disparity(network):
   return predict
 
 
+@functools.partial(jax.jit, static_argnames=('min_depth', 'max_depth'))
+def _depth_metrics(pred, gt, *, min_depth: float, max_depth: float) -> dict:
+  return ops.depth_metrics(pred, gt, min_depth=min_depth, max_depth=max_depth)
+
+
 def predict_depth_at(disparity: np.ndarray, shape: tuple[int, int], sde) -> np.ndarray:
   """[H, W, 1] disparity -> [h, w] depth at the ground truth's resolution (bilinear on disparity)."""
   resized = jax.image.resize(jnp.asarray(disparity), (*shape, 1), 'bilinear')[..., 0]
@@ -133,8 +139,8 @@ def evaluate_depth(predict, variables, reader, truth: depth_truth.DepthTruth, *,
   batches = pipeline.validation_batches(
       index.without_labels(), reader.label_spec, resolution=resolution,
       sharding=pipeline.Sharding(mesh.size, jax.process_index(), jax.process_count()))
-  metric = jax.jit(lambda p, g: ops.depth_metrics(p, g, min_depth=sde.eval_min_depth,
-                                                  max_depth=sde.eval_max_depth))
+  metric = functools.partial(_depth_metrics, min_depth=sde.eval_min_depth,
+                             max_depth=sde.eval_max_depth)
   rows = []
   for batch in batches:
     disparity = sharding.local_rows(predict(variables, sharding.global_batch(
