@@ -48,7 +48,8 @@ def adjust_brightness_additive(images: jax.Array, delta: jax.Array) -> jax.Array
 
 
 def adjust_contrast(images: jax.Array, factor: jax.Array) -> jax.Array:
-  """clip(x * factor, 0, 1) with one factor per image (kornia 0.4.0). images [B, H, W, C], factor [B]."""
+  """clip(x * factor, 0, 1) with one factor per image (kornia 0.4.0).
+  images [B, H, W, C], factor [B]."""
   return jnp.clip(images * _per_image(factor), 0.0, 1.0)
 
 
@@ -84,7 +85,8 @@ def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
 
 
 def adjust_saturation(images: jax.Array, factor: jax.Array) -> jax.Array:
-  """HSV saturation times factor, clamped to [0, 1] (kornia 0.4.0). images [B, H, W, 3], factor [B]."""
+  """HSV saturation times factor, clamped to [0, 1] (kornia 0.4.0).
+  images [B, H, W, 3], factor [B]."""
   hsv = rgb_to_hsv(images)
   saturation = jnp.clip(hsv[..., 1:2] * _per_image(factor), 0.0, 1.0)
   return hsv_to_rgb(jnp.concatenate([hsv[..., :1], saturation, hsv[..., 2:]], axis=-1))

@@ -125,8 +125,10 @@ def pseudo_labels(mixed_probs: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.where(max_prob == 0, IGNORE_LABEL, labels), max_prob
 
 
-def pseudo_label_quality(max_prob: jax.Array, threshold: float = PSEUDO_LABEL_THRESHOLD) -> jax.Array:
-  """ONE scalar per batch: the fraction of all pixels with max_prob >= threshold. [B, H, W] -> []."""
+def pseudo_label_quality(max_prob: jax.Array,
+                         threshold: float = PSEUDO_LABEL_THRESHOLD) -> jax.Array:
+  """ONE scalar per batch: the fraction of all pixels with max_prob >= threshold.
+  [B, H, W] -> []."""
   return jnp.mean((max_prob >= threshold).astype(jnp.float32))
 
 

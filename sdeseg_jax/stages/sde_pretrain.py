@@ -48,13 +48,8 @@ def initial_variables(variables: dict, init: ml_collections.ConfigDict) -> dict:
     if not directory:
       continue
     source = checkpointing.read_arrays(directory)
-    if mapping is None:  # whole SDE: our own checkpoint layout or the converter's
-      own = 'pose' in source.get('params', {})
-      mapping = _OWN_SDE if own else _REFERENCE_SDE
-      if own and 'batch_stats' not in source:
-        mapping = {'params': 'params'}
-    if 'batch_stats' not in variables:
-      mapping = {k: v for k, v in mapping.items() if not k.startswith('batch_stats')}
+    if mapping is None:  # whole SDE: an SDE run's checkpoint (has 'pose') or the converter's
+      mapping = _OWN_SDE if 'pose' in source.get('params', {}) else _REFERENCE_SDE
     variables, _ = checkpointing.merge_by_mapping(variables, source, mapping, what=directory)
   return variables
 
