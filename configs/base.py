@@ -79,6 +79,33 @@ def sde_config() -> ml_collections.ConfigDict:
   ))
 
 
+def segment_config() -> ml_collections.ConfigDict:
+  """Semi-supervised segmentation (SPEC section 6); defaults: the reference's full method."""
+  return ml_collections.ConfigDict(dict(
+      network='mtl',             # transfer (encoder + segmentation decoder) | mtl (PAD-Net + pose)
+      init='sde',                # sde: from the SDE run (<workdir>/sde/ckpt or sde_checkpoint)
+                                 # | imagenet: encoder from imagenet_encoder | none: random
+      sde_checkpoint='',
+      imagenet_encoder='',
+      labels=372,                # labeled training images (0: all)
+      selection='',              # ordered id list (select_labels output); '' = seeded random subset
+      mix='depthmix',            # none (supervised only) | pseudo | classmix | depthmix
+      depthmix_margin=0.03,
+      quality_threshold=0.968,
+      unlabeled_loss='all_mean', # reference: q * CE over ALL pixels | valid_mean
+      teacher_train_mode=True,   # reference: the mean teacher runs with batch-statistics BN
+      sde_weight=1.0,            # multi-task: SDE loss on the labeled and the mixing batch
+      batch_size=2, mix_batch_size=2, num_steps=40_000,
+      optim=optim_config('sgd', dict(
+          encoder=dict(pattern='^encoder/', lr=1e-3),
+          decoder=dict(pattern='^(seg_decoder|seg_head|pad)/', lr=1e-2),  # incl. the depth decoder
+          pose=dict(pattern='^pose/', lr=1e-6)),
+          kind='step', boundaries=(30_000,), momentum=0.9, weight_decay=5e-4, clip_norm=10.0),
+      log_every=50, checkpoint_every=1000, keep_checkpoints=3, images_every=1000,
+      eval_every=2000, eval_batch_size=2,
+  ))
+
+
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = 'base'
@@ -98,6 +125,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.depth_labels = ml_collections.ConfigDict(dict(
       roles=('target',),        # whose segmentation images get depth labels (SSDA: + 'source')
       batch_size=8))
+
+  config.segment = segment_config()
+  config.evaluate = ml_collections.ConfigDict(dict(
+      weights='best',            # best (by val mIoU during training) | latest
+      class_subsets=(),          # extra protocols: '16', '13' (SYNTHIA -> Cityscapes)
+  ))
 
   config.data = ml_collections.ConfigDict()
   config.data.target = dataset_config('cityscapes')

@@ -13,7 +13,7 @@ from configs import base
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config = base.get_config()
   config.experiment = 'demo'
-  config.stages = 'data,sde_pretrain,depth_labels'
+  config.stages = 'data,sde_pretrain,depth_labels,segment,evaluate'
   size, sequences = ((256, 128), 20) if arg != 'tiny' else ((128, 64), 4)
   if arg not in ('', 'tiny'):
     raise ValueError(f'configs/demo.py: unknown variant {arg!r} (known: tiny)')
@@ -41,5 +41,13 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     sde.batch_size = 2
     sde.log_every = sde.checkpoint_every = sde.images_every = sde.eval_every = 2
   config.depth_labels.batch_size = 2
+  # Semi-supervised segmentation: the full method (multi-task + DepthMix) with a quarter of the
+  # training labels.
+  seg = config.segment
+  seg.labels = 4 if arg != 'tiny' else 2
+  seg.num_steps = 1000 if arg != 'tiny' else 4
+  seg.log_every, seg.checkpoint_every, seg.eval_every = 50, 250, 250
+  if arg == 'tiny':
+    seg.log_every = seg.checkpoint_every = seg.eval_every = 2
   config.data.image_format = 'png'
   return config

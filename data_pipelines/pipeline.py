@@ -232,9 +232,13 @@ def sde_batches(index: common.ExampleIndex, *, resolution: tuple[int, int],
 
 def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpec,
                          resolution: tuple[int, int], crop: tuple[int, int], depth_dir: str,
-                         strict_labels: bool):
-  """load(plan) -> dict(image, label, labeled, intrinsics[, depth], index, step[, valid])."""
+                         strict_labels: bool, with_frames: bool = False):
+  """load(plan) -> dict(image, label, labeled, intrinsics[, frames][, depth], index, step[, valid])."""
+  if with_frames and not index.is_triplet.all():
+    raise common.DataError(f'{index.images[~index.is_triplet][0]}: no frames t-1, t+1 (multi-task '
+                           'training needs them: join the images with their sequences)')
   images, labels = tf.constant(index.images), tf.constant(index.labels)
+  neighbours = tf.constant(np.stack([index.prev_frames, index.next_frames], 1))
   intrinsics = tf.constant(index.intrinsics)
   lookup = tf.constant(label_spec.lookup_table().astype(np.int32))
   valid_ids = tf.constant(label_spec.valid_table())
@@ -268,6 +272,12 @@ def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpe
                                             (resolution[1], resolution[0]), depth_paths[i])
       out['depth'] = transforms.crop_and_flip(depth[..., None], p['crop_x'], p['crop_y'], crop,
                                               p['flip'])
+    if with_frames:
+      frames = tf.stack([_read_image(neighbours[i, 0], resolution), _read_image(images[i], resolution),
+                         _read_image(neighbours[i, 1], resolution)])
+      out['frames'] = tf.ensure_shape(
+          transforms.crop_and_flip(frames, p['crop_x'], p['crop_y'], crop, p['flip']),
+          [3, crop_h, crop_w, 3])
     if 'valid' in p:
       out['valid'] = p['valid']
     return out
@@ -275,6 +285,8 @@ def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpe
   def files(plan_values):
     rows = plan_values['index']
     return ([('image', str(index.images[i])) for i in rows] +
+            ([('image', str(getattr(index, c)[i])) for i in rows
+              for c in ('prev_frames', 'next_frames')] if with_frames else []) +
             [('label', str(index.labels[i])) for i in rows if index.labels[i]] +
             ([('depth', os.path.join(depth_dir, index.ids[i] + '.npy')) for i in rows]
              if depth_dir else []))
@@ -285,13 +297,14 @@ def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpe
 def segmentation_batches(index: common.ExampleIndex, label_spec: common.LabelSpec, *,
                          resolution: tuple[int, int], crop: tuple[int, int], sharding: Sharding,
                          seed: int, stream: str, flip_prob: float = 0.5, depth_dir: str = '',
-                         strict_labels: bool = True, start_step: int = 0,
-                         num_steps: int | None = None) -> Batches:
+                         strict_labels: bool = True, with_frames: bool = False,
+                         start_step: int = 0, num_steps: int | None = None) -> Batches:
   """Training batches of images with labels (all-ignore for unlabeled rows) and optional depth.
 
   Yields per local batch of b examples: image [b, h, w, 3], label [b, h, w] int32 training ids
   (IGNORE_LABEL where unlabeled or ignored), labeled [b] bool, intrinsics [b, 3, 3],
-  depth [b, h, w, 1] when `depth_dir` holds <id>.npy depth labels, index and step [b] int64.
+  depth [b, h, w, 1] when `depth_dir` holds <id>.npy depth labels, frames [b, 3, h, w, 3]
+  (t-1, t, t+1, cropped and flipped alike) when `with_frames`, index and step [b] int64.
   Use different `stream` names for batches that must be independent (labeled, unlabeled, source).
   """
   if not len(index):
@@ -301,7 +314,8 @@ def segmentation_batches(index: common.ExampleIndex, label_spec: common.LabelSpe
       lambda s: sampling.augmentation_params(
           sampling.step_rng(seed, stream, s), sharding.global_batch, resolution=resolution,
           crop=crop, flip_prob=flip_prob, color=None), sharding)
-  load, files = _segmentation_loader(index, label_spec, resolution, crop, depth_dir, strict_labels)
+  load, files = _segmentation_loader(index, label_spec, resolution, crop, depth_dir, strict_labels,
+                                     with_frames)
   return Batches(_finish(_plan_dataset(plan, start_step, num_steps), load, sharding.local_batch),
                  plan, files, file_checker(resolution, label_spec, strict_labels), start_step,
                  num_steps)

@@ -19,6 +19,8 @@ STAGES = {
     'data': 'sdeseg_jax.stages.data',
     'sde_pretrain': 'sdeseg_jax.stages.sde_pretrain',
     'depth_labels': 'sdeseg_jax.stages.depth_labels',
+    'segment': 'sdeseg_jax.stages.segment',
+    'evaluate': 'sdeseg_jax.stages.evaluate',
 }
 
 

@@ -31,7 +31,7 @@ from sdeseg_jax.training import sharding
 from sdeseg_jax.training import train_state
 
 # Where each init entry goes in the SDE network's variables ({source prefix: target prefix}).
-_IMAGENET_ENCODER = {'params': 'params/encoder', 'batch_stats': 'batch_stats/encoder'}
+IMAGENET_ENCODER = {'params': 'params/encoder', 'batch_stats': 'batch_stats/encoder'}
 _IMAGENET_POSE = {'params': 'params/pose/pose_encoder', 'batch_stats': 'batch_stats/pose/pose_encoder'}
 # A converted reference SDE (components at top level) or an SDE run's checkpoint (our layout).
 _REFERENCE_SDE = {f'{c}/{m}': f'{c}/{t}' for c in ('params', 'batch_stats') for m, t in (
@@ -43,7 +43,7 @@ _OWN_SDE = {'params': 'params', 'batch_stats': 'batch_stats'}
 def initial_variables(variables: dict, init: ml_collections.ConfigDict) -> dict:
   """The network's variables with the configured pretrained weights loaded over them."""
   variables = jax.device_get(variables)
-  entries = [(init.sde, None), (init.encoder, _IMAGENET_ENCODER), (init.pose_encoder, _IMAGENET_POSE)]
+  entries = [(init.sde, None), (init.encoder, IMAGENET_ENCODER), (init.pose_encoder, _IMAGENET_POSE)]
   for directory, mapping in entries:
     if not directory:
       continue

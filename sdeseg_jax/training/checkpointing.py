@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax
 import jax
@@ -122,19 +122,22 @@ def _flat(tree: Mapping) -> dict[str, Any]:
   return {k: v for k, v in flax.traverse_util.flatten_dict(dict(tree), sep='/').items()}
 
 
-def merge_by_mapping(target: Mapping, source: Mapping, mapping: Mapping[str, str],
+def merge_by_mapping(target: Mapping, source: Mapping,
+                     mapping: Mapping[str, str] | Sequence[tuple[str, str]],
                      what: str = 'checkpoint') -> tuple[dict, dict[str, list[str]]]:
-  """Copies source subtrees into target by prefix mapping {source prefix: target prefix}.
+  """Copies source subtrees into target by prefix mapping {source prefix: target prefix} (or a
+  list of such pairs, when one source initialises several targets).
 
   E.g. {'depth_decoder': 'pad/seg_decoder'} initialises the segmentation decoder from the SDE depth
   decoder. Returns (merged target, report) with report keys 'loaded', 'missing' (target keys under a
   mapped prefix the source lacks) and 'unused' (source keys under a mapped prefix that fit nothing).
   A shape mismatch is an error naming both keys.
   """
+  pairs = list(mapping.items()) if isinstance(mapping, Mapping) else list(mapping)
   flat_target, flat_source = _flat(target), _flat(source)
   merged = dict(flat_target)
   loaded, missing, used = [], [], set()
-  for source_prefix, target_prefix in mapping.items():
+  for source_prefix, target_prefix in pairs:
     target_keys = [k for k in flat_target if k == target_prefix or k.startswith(target_prefix + '/')]
     if not target_keys:
       raise CheckpointError(f'{what}: mapping {source_prefix!r} -> {target_prefix!r}: the target '
@@ -152,7 +155,7 @@ def merge_by_mapping(target: Mapping, source: Mapping, mapping: Mapping[str, str
       loaded.append(key)
       used.add(source_key)
   unused = [k for k in flat_source
-            if any(k == p or k.startswith(p + '/') for p in mapping) and k not in used]
+            if any(k == p or k.startswith(p + '/') for p, _ in pairs) and k not in used]
   report = dict(loaded=loaded, missing=missing, unused=unused)
   logging.info('%s: loaded %d arrays; %d missing %s; %d unused %s', what, len(loaded),
                len(missing), missing[:10], len(unused), unused[:10])

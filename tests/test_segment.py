@@ -1,0 +1,90 @@
+"""The segment and evaluate stages on the tiny demo config, and their configuration checks."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import base
+from configs import demo
+from sdeseg_jax import stages
+from sdeseg_jax.models import networks
+from sdeseg_jax.stages import segment
+from sdeseg_jax.training import optim
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE = os.path.join(REPO, '.cache', 'xla_tests')
+
+
+def _tiny():
+  config = demo.get_config('tiny')
+  config.compilation_cache_dir = CACHE
+  return config
+
+
+@pytest.fixture(scope='module')
+def workdir(tmp_path_factory):
+  """The whole tiny method: data, SDE, depth labels, multi-task + DepthMix, evaluation."""
+  path = str(tmp_path_factory.mktemp('segment'))
+  config = _tiny()
+  config.lock()
+  assert stages.run_stages(config, path) == ['data', 'sde_pretrain', 'depth_labels', 'segment',
+                                             'evaluate']
+  return path
+
+
+def test_multitask_depthmix_trains_and_evaluates(workdir):
+  report = json.load(open(os.path.join(workdir, 'eval.json')))
+  assert 0 <= report['miou'] <= 1 and len(report['iou']) == 19
+  confusion = np.array(report['confusion'])
+  assert confusion.shape == (19, 19) and confusion.sum() > 0
+  best = json.load(open(os.path.join(workdir, 'segment', 'best.json')))
+  assert best['step'] in (2, 4) and best['miou'] == pytest.approx(max(best['miou'], 0))
+  assert os.path.isdir(os.path.join(workdir, 'segment', 'best'))
+
+
+def test_transfer_with_depth_labels_runs_every_mix(workdir):
+  # Reuses the tiny SDE and depth labels; one short run per mixing strategy of the transfer net.
+  for mix in ('depthmix', 'classmix', 'pseudo', 'none'):
+    config = _tiny()
+    config.stages = 'segment'
+    config.segment.update(network='transfer', mix=mix, num_steps=2, eval_every=0)
+    config.segment.sde_checkpoint = os.path.join(workdir, 'sde', 'ckpt')
+    run_dir = os.path.join(workdir, f'transfer_{mix}')
+    os.makedirs(run_dir, exist_ok=True)
+    for link in ('data', 'depth', 'raw'):
+      if not os.path.exists(os.path.join(run_dir, link)):
+        os.symlink(os.path.join(workdir, link), os.path.join(run_dir, link))
+    assert stages.run_stages(config, run_dir) == ['segment'], mix
+    assert json.load(open(os.path.join(run_dir, 'segment', 'best.json')))['step'] == 2
+
+
+def test_depthmix_without_depth_labels_is_refused(tmp_path):
+  config = _tiny()
+  config.segment.update(network='transfer', mix='depthmix')
+  with pytest.raises(ValueError, match='run the depth_labels stage first'):
+    segment.check_config(config, str(tmp_path))
+  config.segment.mix = 'cutmix'
+  with pytest.raises(ValueError, match="mix='cutmix'"):
+    segment.check_config(config, str(tmp_path))
+  config.segment.update(mix='none', init='imagenet')
+  with pytest.raises(ValueError, match='needs config.segment.imagenet_encoder'):
+    segment.check_config(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('kind', ['transfer', 'mtl'])
+def test_learning_rate_groups_reach_the_right_parameters(kind):
+  config = base.get_config()
+  params = jax.eval_shape(lambda: networks.init_variables(kind, base.make_tiny(config.model),
+                                                          jax.random.key(0)))['params']
+  labels = optim.parameter_paths(optim.group_labels(params, config.segment.optim.groups))
+  rates = {name: g.lr for name, g in config.segment.optim.groups.items()}
+  for path, group in labels.items():
+    expected = 'encoder' if path.startswith('encoder/') else 'pose' if path.startswith('pose/') else (
+        'decoder')
+    assert group == expected, path
+  assert rates == {'encoder': 1e-3, 'decoder': 1e-2, 'pose': 1e-6}
+  if kind == 'mtl':  # the reference quirk: the depth decoder learns at the decoder rate
+    assert labels['pad/depth_decoder/blocks_level0_0/conv/kernel'] == 'decoder'
