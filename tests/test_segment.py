@@ -88,3 +88,16 @@ def test_learning_rate_groups_reach_the_right_parameters(kind):
   assert rates == {'encoder': 1e-3, 'decoder': 1e-2, 'pose': 1e-6}
   if kind == 'mtl':  # the reference quirk: the depth decoder learns at the decoder rate
     assert labels['pad/depth_decoder/blocks_level0_0/conv/kernel'] == 'decoder'
+
+
+def test_ssl_cityscapes_variants_name_the_table_rows():
+  from configs import ssl_cityscapes
+  config = ssl_cityscapes.get_config('labels=100,method=classmix,seed=2')
+  assert (config.segment.labels, config.segment.mix, config.segment.network, config.seed) == (
+      100, 'classmix', 'transfer', 2)
+  assert ssl_cityscapes.get_config('').segment.mix == 'depthmix'
+  assert ssl_cityscapes.get_config('method=baseline').segment.init == 'imagenet'
+  with pytest.raises(ValueError, match="unknown method 'fixmatch'"):
+    ssl_cityscapes.get_config('method=fixmatch')
+  with pytest.raises(ValueError, match="bad variant item 'lables=3'"):
+    ssl_cityscapes.get_config('lables=3')

@@ -1,0 +1,54 @@
+"""Semi-supervised segmentation on Cityscapes: the rows of the paper's SSL tables (3, 5, 7, 10).
+
+    python -m sdeseg_jax.main --config=configs/ssl_cityscapes.py:labels=372,method=depthmix --workdir=W
+
+The variant is comma-separated key=value pairs:
+  labels=100|372|744|2975   labeled training images (2975 = all; 0 also means all)
+  method=...                one of METHODS below (default: ours_no_selection)
+  seed=N                    the seed of the random labeled subset, data order and initialisation
+  selection=PATH            an ordered id list from select_labels (the "selection" rows)
+Runs data, sde_pretrain, depth_labels, segment and evaluate; ImageNet weights (init.encoder of the
+SDE, segment.imagenet_encoder for the baseline) come from python -m sdeseg_jax.weights.convert.
+"""
+
+import ml_collections
+
+from configs import base
+
+# method -> overrides of config.segment: the paper's rows.
+METHODS = {
+    'baseline': dict(network='transfer', init='imagenet', mix='none'),   # ImageNet, supervised
+    'transfer': dict(network='transfer', init='sde', mix='none'),        # + SDE transfer
+    'mtl': dict(network='mtl', init='sde', mix='none'),                  # + multi-task (PAD)
+    'pseudo': dict(network='transfer', init='sde', mix='pseudo'),        # Table 3 rows
+    'classmix': dict(network='transfer', init='sde', mix='classmix'),
+    'depthmix': dict(network='transfer', init='sde', mix='depthmix'),
+    'ours_no_selection': dict(network='mtl', init='sde', mix='depthmix'),  # DM + MTL
+}
+
+
+def parse_variant(arg: str) -> dict[str, str]:
+  values = {}
+  for item in filter(None, (p.strip() for p in arg.split(','))):
+    key, separator, value = item.partition('=')
+    if not separator or key not in ('labels', 'method', 'seed', 'selection'):
+      raise ValueError(f'configs/ssl_cityscapes.py: bad variant item {item!r} (expected '
+                       'labels=N, method=NAME, seed=N or selection=PATH)')
+    values[key] = value
+  return values
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  values = parse_variant(arg)
+  method = values.get('method', 'ours_no_selection')
+  if method not in METHODS:
+    raise ValueError(f'configs/ssl_cityscapes.py: unknown method {method!r} (known: '
+                     f'{", ".join(METHODS)})')
+  config = base.get_config()
+  config.stages = 'data,sde_pretrain,depth_labels,segment,evaluate'
+  config.seed = int(values.get('seed', 0))
+  config.segment.update(METHODS[method])
+  config.segment.labels = int(values.get('labels', 372))
+  config.segment.selection = values.get('selection', '')
+  config.experiment = f'ssl_cityscapes_{method}_{config.segment.labels}_seed{config.seed}'
+  return config
