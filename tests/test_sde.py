@@ -33,6 +33,7 @@ def _tiny(**sde):
 def trained(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('sde'))
   config = _tiny()
+  config.stages = 'data,sde_pretrain,depth_labels'
   config.lock()
   assert stages.run_stages(config, workdir) == ['data', 'sde_pretrain', 'depth_labels']
   return config, workdir
