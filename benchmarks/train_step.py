@@ -2,6 +2,8 @@
 
     python -m benchmarks.train_step --stage=sde [--config=configs/sde_cityscapes.py] [--batch=4]
         [--size=512x512] [--repeats=3] [--dtype=float32] [--out=FILE]
+    python -m benchmarks.train_step --stage=segment:mtl+depthmix --config=configs/ssl_cityscapes.py \
+        --batch=2          # also segment:transfer, segment:transfer+pseudo, segment:transfer+depthmix
 
 Runs on whatever device JAX finds (all of them, data-parallel), on random inputs of the stage's
 batch layout, so it needs no dataset. Step times: min / median / max over --repeats after one
@@ -41,7 +43,38 @@ def sde_setup(config, batch: int, width: int, height: int):
   return state, step, dict(frames=frames, frames_aug=frames, intrinsics=np.tile(k, (batch, 1, 1)))
 
 
-STAGES = {'sde': sde_setup}
+# The four rows of the reference's runtime table (supplement Table S1).
+SEGMENT_ROWS = {
+    'transfer': dict(network='transfer', mix='none'),
+    'transfer+pseudo': dict(network='transfer', mix='pseudo'),
+    'transfer+depthmix': dict(network='transfer', mix='depthmix'),
+    'mtl+depthmix': dict(network='mtl', mix='depthmix'),
+}
+
+
+def segment_setup(config, batch: int, width: int, height: int, row: str):
+  """(state, step, batch) of the segment stage for one row of SEGMENT_ROWS (random init)."""
+  from sdeseg_jax.models import networks
+  from sdeseg_jax.stages import segment
+  config.segment.update(SEGMENT_ROWS[row], init='none')
+  network = networks.build(config.segment.network, config.model)
+  state = segment.create_state(config, '', network)
+  step = segment.make_train_step(network, config, num_classes=19)
+  rng = np.random.default_rng(0)
+  k = np.array([[0.58 * width, 0, 0.5 * width], [0, 1.16 * height, 0.5 * height], [0, 0, 1]],
+               np.float32)
+
+  def examples(labeled: bool):
+    frames = rng.uniform(size=(batch, 3, height, width, 3)).astype(np.float32)
+    return dict(image=frames[:, 1], frames=frames, intrinsics=np.tile(k, (batch, 1, 1)),
+                label=rng.integers(0, 19, (batch, height, width)).astype(np.int32),
+                labeled=np.full(batch, labeled),
+                depth=rng.uniform(size=(batch, height, width, 1)).astype(np.float32))
+  return state, step, dict(labeled=examples(True), mix=examples(False))
+
+
+STAGES = {'sde': sde_setup, **{f'segment:{row}': (lambda row: lambda c, b, w, h: segment_setup(
+    c, b, w, h, row))(row) for row in SEGMENT_ROWS}}
 
 
 def main() -> None:

@@ -130,6 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.evaluate = ml_collections.ConfigDict(dict(
       weights='best',            # best (by val mIoU during training) | latest
       class_subsets=(),          # extra protocols: '16', '13' (SYNTHIA -> Cityscapes)
+      export_splits=(),          # e.g. ('val', 'test'): label-id PNGs in the official format
   ))
 
   config.data = ml_collections.ConfigDict()

@@ -101,3 +101,34 @@ def test_ssl_cityscapes_variants_name_the_table_rows():
     ssl_cityscapes.get_config('method=fixmatch')
   with pytest.raises(ValueError, match="bad variant item 'lables=3'"):
     ssl_cityscapes.get_config('lables=3')
+
+
+def test_predict_cli_and_official_export(workdir, tmp_path):
+  from sdeseg_jax import predict
+  from sdeseg_jax.stages import evaluate
+  from data_pipelines.datasets import cityscapes
+  from PIL import Image
+  val = os.path.join(workdir, 'data', 'target', 'leftImg8bit', 'val')
+  out = str(tmp_path / 'predictions')
+  assert predict.main(['--checkpoint', os.path.join(workdir, 'segment', 'best'),
+                       '--input', val, '--out', out]) == 0
+  images = sorted(os.listdir(os.path.join(val, os.listdir(val)[0])))
+  name = images[0].removesuffix('_leftImg8bit.png')
+  allowed = set(cityscapes.LABEL_SPEC.id_to_train)
+  with Image.open(os.path.join(val, os.listdir(val)[0], images[0])) as image:
+    size = image.size
+  for suffix in ('seg', 'overlay', 'labelIds', 'disparity'):  # disparity: a multi-task network
+    with Image.open(os.path.join(out, f'{name}_{suffix}.png')) as result:
+      assert result.size == size
+  ids = np.asarray(Image.open(os.path.join(out, f'{name}_labelIds.png')))
+  assert set(np.unique(ids)) <= allowed
+  assert predict.main(['--checkpoint', str(tmp_path / 'nothing'), '--input', val, '--out', out]) == 1
+
+  config = _tiny()
+  config.evaluate.export_splits = ('val',)
+  evaluate.run(config, workdir)
+  exported = sorted(os.listdir(os.path.join(workdir, 'predictions', 'val')))
+  assert exported == [f'{n.removesuffix("_leftImg8bit.png")}_labelIds.png' for n in images]
+  # Same network, same image: the stage's export equals the CLI's (both at the working size here).
+  np.testing.assert_array_equal(
+      np.asarray(Image.open(os.path.join(workdir, 'predictions', 'val', exported[0]))), ids)

@@ -2,20 +2,26 @@
 
 Whole images at the working resolution, one confusion matrix over the split, mIoU = mean IoU over
 the classes with a non-empty union, per-class IoU; optionally the 16- and 13-class SYNTHIA protocols
-(config.evaluate.class_subsets). Writes <workdir>/eval.json and prints a table.
+(config.evaluate.class_subsets). Writes <workdir>/eval.json and prints a table; with
+config.evaluate.export_splits also <workdir>/predictions/<split>/<id>_labelIds.png in the official
+Cityscapes result format (for cityscapesscripts and the benchmark server).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from PIL import Image
 
+from data_pipelines import pipeline
 from data_pipelines import sources
+from sdeseg_jax import predict as predict_lib
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import segmentation
 from sdeseg_jax.stages import segment
@@ -36,6 +42,26 @@ def load_weights(workdir: str, which: str) -> dict:
                                         'first')
   arrays = checkpointing.read_arrays(path)
   return {'params': arrays['params'], 'batch_stats': arrays['batch_stats']}
+
+
+def export_predictions(predict, variables, index, reader, *, resolution, mesh, batch_size: int,
+                       out_dir: str) -> int:
+  """Writes <id>_labelIds.png (raw label ids, the official result format) for every image."""
+  os.makedirs(out_dir, exist_ok=True)
+  batches = pipeline.validation_batches(
+      index.without_labels(), reader.label_spec, resolution=resolution,
+      sharding=pipeline.Sharding(batch_size, jax.process_index(), jax.process_count()))
+  argmax = jax.jit(lambda logits: jnp.argmax(logits, -1).astype(jnp.uint8))
+  written = 0
+  for batch in batches:
+    placed = sharding.global_batch({'image': batch['image']}, mesh)
+    classes = sharding.local_rows(argmax(predict(variables, placed)))
+    for row in np.flatnonzero(batch['valid']):
+      name = index.ids[batch['index'][row]]
+      Image.fromarray(predict_lib.label_ids(classes[row], reader.label_spec)).save(
+          os.path.join(out_dir, f'{name}_labelIds.png'))
+      written += 1
+  return written
 
 
 def format_table(report: dict) -> str:
@@ -66,6 +92,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       for name in config.evaluate.class_subsets}
   report['confusion'] = np.asarray(matrix).tolist()
   report['weights'] = config.evaluate.weights
+  for split in config.evaluate.export_splits:
+    out_dir = os.path.join(workdir, 'predictions', split)
+    count = export_predictions(predict, variables, reader.segmentation(split), reader,
+                               resolution=tuple(entry.resolution), mesh=mesh,
+                               batch_size=config.segment.eval_batch_size, out_dir=out_dir)
+    logging.info('Exported %d %s predictions to %s', count, split, out_dir)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, 'eval.json'), 'w') as f:
       json.dump(report, f, indent=2)

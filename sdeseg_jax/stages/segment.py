@@ -248,6 +248,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   seg, entry = config.segment, config.data.target
   check_config(config, workdir)
   directory = os.path.join(workdir, 'segment')
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, 'config.json'), 'w') as f:  # for predict and evaluation
+    f.write(config.to_json_best_effort(indent=2))
   resolution, crop = tuple(entry.resolution), tuple(config.data.crop)
   mesh = sharding.make_mesh()
   for size in (seg.batch_size, seg.mix_batch_size, seg.eval_batch_size):

@@ -1,0 +1,151 @@
+"""Inference CLI: segmentation (and depth, for multi-task networks) of images or folders.
+
+    python -m sdeseg_jax.predict --checkpoint W/segment/best --input IMAGES_OR_FOLDERS --out DIR
+
+For each image: <name>_seg.png (colourised classes), <name>_overlay.png (over the image),
+<name>_labelIds.png (Cityscapes label ids: the official result format, named after the input so
+cityscapesscripts and the benchmark server accept it) and, for multi-task networks,
+<name>_disparity.png. The network design comes from the segment run's config.json beside the
+checkpoint. Images are resized to the working resolution for inference and the predictions back
+to each image's own size (nearest for classes, bilinear for disparity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from data_pipelines.datasets import cityscapes
+from data_pipelines.datasets import common
+from sdeseg_jax.models import networks
+from sdeseg_jax.training import checkpointing
+
+# Cityscapes colours of the 19 training classes (trainId order).
+CITYSCAPES_COLOURS = np.array([
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32)], np.uint8)
+
+
+def colourise(train_ids: np.ndarray) -> np.ndarray:
+  """[H, W] training ids -> [H, W, 3] uint8 colours (ignore: black)."""
+  table = np.zeros((256, 3), np.uint8)
+  table[:len(CITYSCAPES_COLOURS)] = CITYSCAPES_COLOURS
+  return table[train_ids]
+
+
+def label_ids(train_ids: np.ndarray, spec: common.LabelSpec = cityscapes.LABEL_SPEC) -> np.ndarray:
+  """[H, W] training ids -> the dataset's raw label ids (the official result format)."""
+  table = np.zeros(256, np.uint8)
+  for raw, train in spec.id_to_train.items():
+    table[train] = raw
+  return table[train_ids]
+
+
+def disparity_image(disparity: np.ndarray) -> np.ndarray:
+  """[H, W] disparity -> [H, W, 3] uint8, near = bright (per-image min-max)."""
+  low, high = float(disparity.min()), float(disparity.max())
+  grey = (disparity - low) / max(high - low, 1e-6)
+  return (np.stack([grey, grey ** 0.5, 1 - grey], -1) * 255).astype(np.uint8)
+
+
+def run_config(checkpoint: str) -> ml_collections.ConfigDict:
+  """The config of the segment run that wrote `checkpoint` (<run>/segment/{best,ckpt})."""
+  path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{path}: no run config beside the checkpoint {checkpoint} (the segment '
+                            'stage writes it)')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+class Predictor:
+  """predict(image [H, W, 3] uint8) -> dict(classes [H, W] train ids, disparity [H, W] or None)."""
+
+  def __init__(self, checkpoint: str):
+    config = run_config(checkpoint)
+    self.kind = config.segment.network
+    self.resolution = tuple(config.data.target.resolution)
+    network = networks.build(self.kind, config.model)
+    arrays = checkpointing.read_arrays(checkpoint)
+    variables = {'params': arrays['params'], 'batch_stats': arrays['batch_stats']}
+    method = 'segment' if self.kind == 'mtl' else None
+    self._apply = jax.jit(lambda x: network.apply(variables, x, method=method))
+
+  def __call__(self, image: np.ndarray) -> dict:
+    height, width = image.shape[:2]
+    x = np.asarray(Image.fromarray(image).resize(self.resolution, Image.Resampling.BILINEAR),
+                   np.float32)[None] / 255.0
+    out = self._apply(x)
+    classes = np.asarray(jnp.argmax(out['logits'][0], -1)).astype(np.uint8)
+    classes = np.asarray(Image.fromarray(classes).resize((width, height), Image.Resampling.NEAREST))
+    disparity = None
+    if 'disp' in out:
+      disparity = np.asarray(jax.image.resize(out['disp'][0][0], (height, width, 1), 'bilinear'))
+      disparity = disparity[..., 0]
+    return dict(classes=classes, disparity=disparity)
+
+
+def input_images(paths: list[str]) -> list[str]:
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      files += [p for p in glob.glob(os.path.join(path, '**', '*'), recursive=True)
+                if os.path.splitext(p)[1].lower() in common.IMAGE_EXTENSIONS]
+    elif os.path.splitext(path)[1].lower() in common.IMAGE_EXTENSIONS:
+      files.append(path)
+    else:
+      raise ValueError(f'{path}: not an image ({", ".join(common.IMAGE_EXTENSIONS)}) or a folder; '
+                       'extract the frames of a video first (e.g. ffmpeg -i VIDEO DIR/%06d.png)')
+  if not files:
+    raise ValueError(f'no images in {paths}')
+  return sorted(set(files))
+
+
+def write_outputs(out_dir: str, name: str, image: np.ndarray, prediction: dict) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  colours = colourise(prediction['classes'])
+  Image.fromarray(colours).save(os.path.join(out_dir, f'{name}_seg.png'))
+  Image.fromarray(label_ids(prediction['classes'])).save(
+      os.path.join(out_dir, f'{name}_labelIds.png'))
+  overlay = (0.5 * image.astype(np.float32) + 0.5 * colours).astype(np.uint8)
+  Image.fromarray(overlay).save(os.path.join(out_dir, f'{name}_overlay.png'))
+  if prediction['disparity'] is not None:
+    Image.fromarray(disparity_image(prediction['disparity'])).save(
+        os.path.join(out_dir, f'{name}_disparity.png'))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m sdeseg_jax.predict',
+                                   description=__doc__.split('\n\n')[0])
+  parser.add_argument('--checkpoint', required=True, help='W/segment/best or W/segment/ckpt')
+  parser.add_argument('--input', required=True, nargs='+', help='images and/or folders')
+  parser.add_argument('--out', required=True)
+  args = parser.parse_args(argv)
+  try:
+    predictor = Predictor(args.checkpoint)
+    files = input_images(args.input)
+  except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  for path in files:
+    with Image.open(path) as opened:
+      image = np.asarray(opened.convert('RGB'))
+    name = os.path.splitext(os.path.basename(path))[0].removesuffix('_leftImg8bit')
+    write_outputs(args.out, name, image, predictor(image))
+  print(f'wrote predictions of {len(files)} images to {args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
