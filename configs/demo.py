@@ -46,8 +46,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   seg = config.segment
   seg.labels = 4 if arg != 'tiny' else 2
   seg.num_steps = 1000 if arg != 'tiny' else 4
-  seg.log_every, seg.checkpoint_every, seg.eval_every = 50, 250, 250
+  seg.log_every, seg.checkpoint_every, seg.eval_every, seg.images_every = 50, 250, 250, 250
   if arg == 'tiny':
-    seg.log_every = seg.checkpoint_every = seg.eval_every = 2
+    seg.log_every = seg.checkpoint_every = seg.eval_every = seg.images_every = 2
   config.data.image_format = 'png'
   return config

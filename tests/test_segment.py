@@ -43,6 +43,15 @@ def test_multitask_depthmix_trains_and_evaluates(workdir):
   best = json.load(open(os.path.join(workdir, 'segment', 'best.json')))
   assert best['step'] in (2, 4) and best['miou'] == pytest.approx(max(best['miou'], 0))
   assert os.path.isdir(os.path.join(workdir, 'segment', 'best'))
+  # TensorBoard holds the DepthMix images and the predictions vs ground truth.
+  import glob
+  import tensorflow as tf
+  tags = set()
+  for events in glob.glob(os.path.join(workdir, 'segment', 'logs', '*tfevents*')):
+    for event in tf.compat.v1.train.summary_iterator(events):
+      tags.update(value.tag for value in event.summary.value)
+  assert {'mix/mask', 'mix/mixed_augmented', 'mix/pseudo_labels', 'labeled/prediction',
+          'labeled/ground_truth', 'eval/miou', 'loss/total'} <= tags
 
 
 def test_transfer_with_depth_labels_runs_every_mix(workdir):

@@ -26,6 +26,7 @@ from data_pipelines import sources
 from data_pipelines import subsets
 from data_pipelines.datasets import DataError
 from sdeseg_jax import ops
+from sdeseg_jax import predict as predict_lib
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import augment
 from sdeseg_jax.ops import mixing
@@ -118,34 +119,35 @@ def segmentation_loss(out: dict, labels: jax.Array) -> jax.Array:
   return loss
 
 
-def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int):
-  """step(state, {'labeled': batch, 'mix': batch}) -> (state, metrics)."""
-  seg, sde = config.segment, config.sde
-  multitask = seg.network == 'mtl'
+def _sde_term(out: dict, batch: dict, key, sde: ml_collections.ConfigDict) -> jax.Array:
+  return ops.sde_loss(out['disp'], batch['frames'], batch['intrinsics'], out['pose_prev'],
+                      out['pose_next'], key, min_depth=sde.min_depth, max_depth=sde.max_depth,
+                      smoothness_weight=sde.smoothness)[0]
 
-  def sde_loss(out, batch, key):
-    return ops.sde_loss(out['disp'], batch['frames'], batch['intrinsics'], out['pose_prev'],
-                        out['pose_next'], key, min_depth=sde.min_depth, max_depth=sde.max_depth,
-                        smoothness_weight=sde.smoothness)[0]
 
-  def run(params, stats, x, key, frames=False):
-    return forward(network, seg.network, params, stats, x, train=True, key=key, frames=frames)
+def make_mixing(network, config: ml_collections.ConfigDict, num_classes: int):
+  """mix_inputs(student, teacher, stats, mix_batch, keys[5]) -> (mixed, stats).
 
-  def mixed_batch(params, stats, mix_batch, keys, metrics):
-    """(loss, stats) of the mixing batch: teacher, mask, mixing, augmentation, student."""
-    teacher_out, _ = forward(network, seg.network, jax.lax.stop_gradient(params['teacher']),
-                             stats, mix_batch['image'], train=seg.teacher_train_mode,
-                             key=keys[0], frames=False)
+  The teacher labels the unmixed batch (labeled rows keep their ground truth as a one-hot
+  distribution); the mask comes from the depth (DepthMix: depth labels, or under multi-task the
+  student's detached disparity, whose forward also gives the mixing batch's SDE loss) or the
+  teacher's classes (ClassMix); image b is mixed with image b+1 and strongly augmented.
+  mixed = dict(images, pseudo [B, H, W], quality, mask [B, H, W, 1], sde_term).
+  """
+  seg, multitask = config.segment, config.segment.network == 'mtl'
+
+  def mix_inputs(student, teacher, stats, mix_batch, keys):
+    teacher_out, _ = forward(network, seg.network, jax.lax.stop_gradient(teacher), stats,
+                             mix_batch['image'], train=seg.teacher_train_mode, key=keys[0],
+                             frames=False)
     probs = jax.nn.softmax(jax.lax.stop_gradient(teacher_out['logits']), axis=-1)
     truth = mixing.one_hot_targets(mix_batch['label'], num_classes)
     probs = jnp.where(mix_batch['labeled'][:, None, None, None], truth, probs)
-    loss = 0.0
-    disparity = mix_batch.get('depth')
+    sde_term, disparity = jnp.zeros([]), mix_batch.get('depth')
     if multitask:
-      out, stats = run(params['student'], stats, mix_batch['frames'], keys[1], frames=True)
-      sde_term = sde_loss(out, mix_batch, keys[2])
-      metrics['loss/sde_mix'] = sde_term
-      loss = seg.sde_weight * sde_term
+      out, stats = forward(network, seg.network, student, stats, mix_batch['frames'], train=True,
+                           key=keys[1], frames=True)
+      sde_term = _sde_term(out, mix_batch, keys[2], config.sde)
       disparity = jax.lax.stop_gradient(out['disp'][0])
     if seg.mix == 'depthmix':
       depth = mixing.normalize_disparity(disparity)
@@ -155,15 +157,22 @@ def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int
     else:  # plain pseudo-labels: nothing is mixed
       mask = jnp.ones(probs.shape[:3] + (1,), jnp.float32)
     images = mixing.mix(mask, mix_batch['image'], mixing.pair_with_next(mix_batch['image']))
-    probs = mixing.mix(mask, probs, mixing.pair_with_next(probs))
-    pseudo, max_prob = mixing.pseudo_labels(probs)
-    quality = mixing.pseudo_label_quality(max_prob, seg.quality_threshold)
-    images = augment.strong_augment(keys[4], images)
-    out, stats = run(params['student'], stats, images, keys[5])
-    unlabeled = segmentation.cross_entropy(out['logits'], pseudo, reduction=seg.unlabeled_loss)
-    metrics.update({'loss/unlabeled': unlabeled, 'pseudo_label_quality': quality,
-                    'mask_fraction': jnp.mean(mask)})
-    return loss + quality * unlabeled, stats
+    pseudo, max_prob = mixing.pseudo_labels(mixing.mix(mask, probs, mixing.pair_with_next(probs)))
+    return dict(images=augment.strong_augment(keys[4], images), pseudo=pseudo, mask=mask,
+                quality=mixing.pseudo_label_quality(max_prob, seg.quality_threshold),
+                sde_term=sde_term), stats
+
+  return mix_inputs
+
+
+def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int):
+  """step(state, {'labeled': batch, 'mix': batch}) -> (state, metrics)."""
+  seg = config.segment
+  multitask = seg.network == 'mtl'
+  mix_inputs = make_mixing(network, config, num_classes)
+
+  def run(params, stats, x, key, frames=False):
+    return forward(network, seg.network, params, stats, x, train=True, key=key, frames=frames)
 
   def step(state, batch):
     keys = jax.random.split(state.key, 9)
@@ -178,13 +187,19 @@ def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int
       metrics['loss/supervised'] = supervised
       loss = supervised
       if multitask:
-        sde_term = sde_loss(out, labeled, keys[1])
+        sde_term = _sde_term(out, labeled, keys[1], config.sde)
         metrics['loss/sde_labeled'] = sde_term
         loss = loss + seg.sde_weight * sde_term
       if seg.mix != 'none':
-        unlabeled, stats = mixed_batch({'student': params, 'teacher': state.ema_params}, stats,
-                                       batch['mix'], keys[2:8], metrics)
-        loss = loss + unlabeled
+        mixed, stats = mix_inputs(params, state.ema_params, stats, batch['mix'], keys[2:7])
+        out, stats = run(params, stats, mixed['images'], keys[7])
+        unlabeled = segmentation.cross_entropy(out['logits'], mixed['pseudo'],
+                                               reduction=seg.unlabeled_loss)
+        loss = loss + seg.sde_weight * mixed['sde_term'] + mixed['quality'] * unlabeled
+        metrics.update({'loss/unlabeled': unlabeled, 'pseudo_label_quality': mixed['quality'],
+                        'mask_fraction': jnp.mean(mixed['mask'])})
+        if multitask:
+          metrics['loss/sde_mix'] = mixed['sde_term']
       metrics['loss/total'] = loss
       return loss, (metrics, stats)
 
@@ -192,6 +207,40 @@ def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int
     return state.apply_gradients(grads, stats), metrics
 
   return step
+
+
+def colourise(train_ids: jax.Array) -> jax.Array:
+  """[B, H, W] training ids -> [B, H, W, 3] colours in [0, 1] (ignore: black)."""
+  table = np.zeros((256, 3), np.float32)
+  table[:len(predict_lib.CITYSCAPES_COLOURS)] = predict_lib.CITYSCAPES_COLOURS / 255.0
+  return jnp.asarray(table)[train_ids]
+
+
+def make_summaries(network, config: ml_collections.ConfigDict, num_classes: int):
+  """summaries(state, batch) -> TensorBoard images: predictions vs ground truth on the labeled
+  batch, and the mixing inputs, mask, augmented result and pseudo-labels."""
+  seg = config.segment
+  mix_inputs = make_mixing(network, config, num_classes)
+
+  def summaries(state, batch):
+    labeled = batch['labeled']
+    out, _ = forward(network, seg.network, state.params, state.batch_stats, labeled['image'],
+                     train=False, key=None, frames=False)
+    images = {'labeled/image': labeled['image'],
+              'labeled/prediction': colourise(jnp.argmax(out['logits'], -1)),
+              'labeled/ground_truth': colourise(labeled['label'])}
+    if seg.mix != 'none':
+      mix_batch = batch['mix']
+      mixed, _ = mix_inputs(state.params, state.ema_params, state.batch_stats, mix_batch,
+                            jax.random.split(state.key, 5))
+      images.update({'mix/image': mix_batch['image'],
+                     'mix/partner': mixing.pair_with_next(mix_batch['image']),
+                     'mix/mask': jnp.repeat(mixed['mask'], 3, axis=-1),
+                     'mix/mixed_augmented': mixed['images'],
+                     'mix/pseudo_labels': colourise(mixed['pseudo'])})
+    return images
+
+  return summaries
 
 
 def make_predict_logits(network, kind: str):
@@ -304,7 +353,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     return {'miou': report['miou'], **{f'iou/{k}': v for k, v in report['iou'].items()}}
 
   writer = loop.create_writer(os.path.join(directory, 'logs'))
-  hooks = loop.LoopHooks(evaluate=evaluate, evaluate_every=seg.eval_every)
+  summaries = jax.jit(make_summaries(network, config, reader.label_spec.num_classes))
+  hooks = loop.LoopHooks(evaluate=evaluate, evaluate_every=seg.eval_every,
+                         images=lambda state, batch, step: summaries(state, batch),
+                         images_every=seg.images_every)
   step = sharding.jit_train_step(make_train_step(network, config, reader.label_spec.num_classes),
                                  mesh)
   try:
