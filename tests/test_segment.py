@@ -141,3 +141,29 @@ def test_predict_cli_and_official_export(workdir, tmp_path):
   # Same network, same image: the stage's export equals the CLI's (both at the working size here).
   np.testing.assert_array_equal(
       np.asarray(Image.open(os.path.join(workdir, 'predictions', 'val', exported[0]))), ids)
+
+
+def test_training_indices_split_labeled_and_mixing_images(tmp_path):
+  from data_pipelines import prepare
+  from tests import fixtures
+  raw = fixtures.write_cityscapes(str(tmp_path / 'raw'), snippets=6)
+  prepare.prepare('cityscapes', raw, str(tmp_path / 'prepared'), (64, 32), image_format='png')
+  reader = prepare.open_prepared('cityscapes', str(tmp_path / 'prepared'), (64, 32))
+  config = _tiny()
+  config.segment.update(labels=2, network='transfer', mix='depthmix')
+  labeled, mix = segment.training_indices(config, reader)
+  assert len(labeled) == 2 and labeled.is_labeled.all()
+  # DepthMix mixes all training images; only the labeled subset keeps its ground truth.
+  assert len(mix) == 6 and mix.is_labeled.sum() == 2
+  assert set(mix.ids[mix.is_labeled]) == set(labeled.ids)
+  config.segment.mix = 'classmix'  # ClassMix: unlabeled images only
+  _, mix = segment.training_indices(config, reader)
+  assert len(mix) == 4 and not mix.is_labeled.any()
+  config.segment.update(network='mtl', mix='depthmix')  # multi-task: the frames t-1, t+1 joined
+  labeled, mix = segment.training_indices(config, reader)
+  assert labeled.is_triplet.all() and mix.is_triplet.all()
+  config.segment.labels = 0  # all labeled: DepthMix still mixes (ground truth), ClassMix cannot
+  assert len(segment.training_indices(config, reader)[1]) == 6
+  config.segment.update(network='transfer', mix='classmix')
+  with pytest.raises(Exception, match='needs unlabeled images'):
+    segment.training_indices(config, reader)

@@ -273,7 +273,7 @@ def miou_report(matrix: np.ndarray, class_names) -> dict:
   return dict(miou=float(miou), iou={n: float(v) for n, v in zip(class_names, np.asarray(iou))})
 
 
-def training_indices(config, workdir: str, reader):
+def training_indices(config, reader):
   """(labeled index, mixing index) of the training split for the configured labels and mix."""
   seg = config.segment
   train = reader.segmentation('train')
@@ -306,7 +306,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     sharding.check_global_batch(size, mesh)
   reader = sources.open_dataset(entry, workdir, 'target')
   network = networks.build(seg.network, config.model)
-  labeled, mix = training_indices(config, workdir, reader)
+  labeled, mix = training_indices(config, reader)
   checkpointer = checkpointing.Checkpointer(os.path.join(directory, 'ckpt'),
                                             max_to_keep=seg.keep_checkpoints,
                                             save_interval_steps=seg.checkpoint_every)
@@ -314,18 +314,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   state, _ = checkpointer.restore_or_init(state)
   start = int(jax.device_get(state.step))
   process = (jax.process_index(), jax.process_count())
-  common = dict(resolution=resolution, crop=crop, seed=config.seed, flip_prob=config.data.flip_prob,
+  shared = dict(resolution=resolution, crop=crop, seed=config.seed, flip_prob=config.data.flip_prob,
                 strict_labels=config.data.strict_labels, with_frames=seg.network == 'mtl',
                 start_step=start)
   streams = {'labeled': pipeline.segmentation_batches(
       labeled, reader.label_spec, sharding=pipeline.Sharding(seg.batch_size, *process),
-      stream='labeled', **common)}
+      stream='labeled', **shared)}
   if seg.mix != 'none':
     depth = (depth_labels.depth_dir(workdir, 'target')
              if seg.mix == 'depthmix' and seg.network == 'transfer' else '')
     streams['mix'] = pipeline.segmentation_batches(
         mix, reader.label_spec, sharding=pipeline.Sharding(seg.mix_batch_size, *process),
-        stream='mix', depth_dir=depth, **common)
+        stream='mix', depth_dir=depth, **shared)
   batches = (dict(zip(streams, values)) for values in zip(*streams.values()))
 
   predict = sharding.jit_eval_step(make_predict_logits(network, seg.network), mesh)
