@@ -116,9 +116,9 @@ def file_checker(resolution: tuple[int, int], label_spec: common.LabelSpec | Non
       raise common.DataError(f'{path}: unreadable {kind} ({e})') from e
     if kind in ('image', 'label') and size != tuple(resolution):
       raise common.DataError(f'{path}: size {size}, expected the prepared resolution {resolution}')
-    if kind == 'label' and strict_labels and label_spec.invalid_ids(pixels):
-      raise common.DataError(f'{path}: label ids {label_spec.invalid_ids(pixels)} are not '
-                             'ids of this dataset')
+    invalid = label_spec.invalid_ids(pixels) if kind == 'label' and strict_labels else []
+    if invalid:
+      raise common.DataError(f'{path}: label ids {invalid} are not ids of this dataset')
   return check
 
 

@@ -66,8 +66,8 @@ class LabelSpec:
 
   def invalid_ids(self, raw: np.ndarray) -> list[int]:
     """Sorted raw ids of `raw` that the dataset cannot contain."""
-    present = np.unique(raw)
-    return [int(i) for i in present if i > 255 or not self.valid_table()[i]]
+    valid = self.valid_table()
+    return [int(i) for i in np.unique(raw) if i > 255 or not valid[i]]
 
 
 @dataclasses.dataclass(frozen=True)

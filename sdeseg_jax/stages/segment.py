@@ -12,6 +12,7 @@ Output: <workdir>/segment/ckpt, logs, best/ (the best evaluated weights) and bes
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -251,12 +252,17 @@ def make_predict_logits(network, kind: str):
   return predict
 
 
+@functools.partial(jax.jit, static_argnames='num_classes')
+def _confusion_of_logits(logits, labels, valid, *, num_classes: int) -> jax.Array:
+  """Compiled once per class count (a lambda jitted per call would recompile every evaluation)."""
+  return segmentation.confusion_matrix(jnp.argmax(logits, -1), labels, num_classes, valid)
+
+
 def confusion(predict, variables, index, reader, *, resolution, mesh, batch_size: int,
               strict_labels: bool = True) -> np.ndarray:
   """[C, C] confusion matrix (rows: ground truth) of whole-image predictions over `index`."""
   num_classes = reader.label_spec.num_classes
-  count = jax.jit(lambda logits, labels, valid: segmentation.confusion_matrix(
-      jnp.argmax(logits, -1), labels, num_classes, valid))
+  count = functools.partial(_confusion_of_logits, num_classes=num_classes)
   total = np.zeros((num_classes, num_classes), np.int64)
   batches = pipeline.validation_batches(
       index, reader.label_spec, resolution=resolution, strict_labels=strict_labels,
