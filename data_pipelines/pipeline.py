@@ -5,13 +5,17 @@ seed, stream and step), keeps this process's rows of the global batch, and lets 
 crop, flip and colour-augment them in parallel. Iterating yields dicts of NumPy arrays holding the
 process-local rows; `Batches.step` is the global step of the next batch.
 
-Reads prepared trees (data_pipelines.prepare): images at the working resolution, labels as 8-bit ids.
-A failing read is diagnosed file by file and raised as a DataError naming the file.
+Reads prepared trees (data_pipelines.prepare): images at the working resolution, labels as 8-bit ids,
+from the file system or, for indices whose `storage` is a FileStore (the TFDS backend,
+data_pipelines.tfds_backend), from that store with one batched read per step; decoding and
+augmentation are the same either way. A failing read is diagnosed file by file and raised as a
+DataError naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 from typing import Callable, Iterator
 
@@ -100,25 +104,34 @@ class Batches:
 
 
 def file_checker(resolution: tuple[int, int], label_spec: common.LabelSpec | None,
-                 strict_labels: bool = True) -> Callable[[str, str], None]:
-  """check(kind, path) raising a DataError for a missing, unreadable or mis-sized file."""
+                 strict_labels: bool = True,
+                 store: common.FileStore | None = None) -> Callable[[str, str], None]:
+  """check(kind, path) raising a DataError for a missing, unreadable or mis-sized file.
+
+  Images and labels are read from `store` when given (depth labels are always workdir files).
+  """
   def check(kind: str, path: str) -> None:
-    if not os.path.exists(path):
-      raise common.DataError(f'{path}: missing file')
-    if kind == 'depth':
-      _check_depth(path, resolution)
-      return
+    if kind == 'depth' or store is None:
+      if not os.path.exists(path):
+        raise common.DataError(f'{path}: missing file')
+      if kind == 'depth':
+        _check_depth(path, resolution)
+        return
+      name, source = path, path
+    else:  # a path the store lacks raises its DataError here
+      name = f'{path} ({store.describe(path)})'
+      source = io.BytesIO(store.read([('labels' if kind == 'label' else 'images', path)])[0])
     try:
-      with Image.open(path) as image:
+      with Image.open(source) as image:
         image.load()
         size, pixels = image.size, np.asarray(image) if kind == 'label' else None
     except (OSError, SyntaxError, ValueError) as e:
-      raise common.DataError(f'{path}: unreadable {kind} ({e})') from e
+      raise common.DataError(f'{name}: unreadable {kind} ({e})') from e
     if kind in ('image', 'label') and size != tuple(resolution):
-      raise common.DataError(f'{path}: size {size}, expected the prepared resolution {resolution}')
+      raise common.DataError(f'{name}: size {size}, expected the prepared resolution {resolution}')
     invalid = label_spec.invalid_ids(pixels) if kind == 'label' and strict_labels else []
     if invalid:
-      raise common.DataError(f'{path}: label ids {invalid} are not ids of this dataset')
+      raise common.DataError(f'{name}: label ids {invalid} are not ids of this dataset')
   return check
 
 
@@ -133,15 +146,70 @@ def _check_depth(path: str, resolution: tuple[int, int]) -> None:
                            f'float32 ({resolution[1]}, {resolution[0]})')
 
 
-def _read_image(path: tf.Tensor, resolution: tuple[int, int]) -> tf.Tensor:
-  image = transforms.decode_image(tf.io.read_file(path))
+def _store_of(index: common.ExampleIndex) -> common.FileStore | None:
+  """The storage all rows of `index` are read from (None: the file system)."""
+  stores = {id(store): store for store in index.storage}
+  if len(stores) > 1:
+    where = ', '.join(sorted({'files' if s is None else type(s).__name__ for s in stores.values()}))
+    raise common.DataError(f'the index mixes rows of {len(stores)} storages ({where}), e.g. '
+                           f'{index.images[0]}; a pipeline reads from one')
+  return next(iter(stores.values()), None)
+
+
+def _content_key(column: str) -> str:
+  return f'contents/{column}'
+
+
+class _Contents:
+  """The bytes of the files of an index's `columns` ('images', 'labels', ...) for `load`.
+
+  Files: `load` reads the file at the example's path, in tf.data's parallel map. A FileStore: one
+  batched read per step fetches the files of all the step's rows into its plan before the plan is
+  split into examples (a store on remote storage then pays its latency once per step, not once per
+  file), and `load` takes them from there. Either way `load` decodes the same bytes.
+  """
+
+  def __init__(self, index: common.ExampleIndex, columns: tuple[str, ...]):
+    self.store = _store_of(index)
+    self._index, self._columns = index, columns
+    self._paths = {c: tf.constant(getattr(index, c)) for c in columns}
+
+  def fetched(self, steps: tf.data.Dataset) -> tf.data.Dataset:
+    """`steps` (one plan per step, values [b]) with the store's bytes of the rows' files added."""
+    if self.store is None:
+      return steps
+    index, columns, store = self._index, self._columns, self.store
+
+    def fetch(rows):
+      items = [(c, str(getattr(index, c)[r])) for c in columns for r in rows]
+      data = np.empty(len(items), object)
+      data[:] = store.read(items)
+      return tuple(data.reshape(len(columns), len(rows)))
+
+    def add(p):
+      values = tf.numpy_function(fetch, [p['index']], [tf.string] * len(columns))
+      return dict(p, **{_content_key(c): tf.ensure_shape(v, p['index'].shape)
+                        for c, v in zip(columns, values)})
+
+    return steps.map(add, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  def __call__(self, p: dict, column: str) -> tf.Tensor:
+    """The bytes of the example's file in `column` (scalar tf.string)."""
+    if self.store is None:
+      return tf.io.read_file(self._paths[column][p['index']])
+    return p[_content_key(column)]
+
+
+def _decode_image(contents: tf.Tensor, path: tf.Tensor, resolution: tuple[int, int]) -> tf.Tensor:
+  image = transforms.decode_image(contents)
   ok = tf.reduce_all(tf.shape(image)[:2] == [resolution[1], resolution[0]])
   with tf.control_dependencies([tf.debugging.Assert(ok, ['image size differs from', resolution,
                                                          path, tf.shape(image)])]):
     return tf.identity(image)
 
 
-def _plan_dataset(plan: Callable[[int], dict], start_step: int, num_steps: int | None):
+def _plan_dataset(plan: Callable[[int], dict], start_step: int, num_steps: int | None,
+                  contents: _Contents):
   """Dataset of per-example plans (unbatched) for steps [start_step, start_step + num_steps)."""
   example = plan(start_step)
   keys = sorted(example)
@@ -155,7 +223,7 @@ def _plan_dataset(plan: Callable[[int], dict], start_step: int, num_steps: int |
     return {k: tf.ensure_shape(v, example[k].shape) for k, v in zip(keys, values)}
 
   stop = _UNBOUNDED if num_steps is None else start_step + num_steps
-  return tf.data.Dataset.range(start_step, stop).map(to_dict).unbatch()
+  return contents.fetched(tf.data.Dataset.range(start_step, stop).map(to_dict)).unbatch()
 
 
 def _finish(examples: tf.data.Dataset, load, local_batch: int) -> tf.data.Dataset:
@@ -202,12 +270,15 @@ def sde_batches(index: common.ExampleIndex, *, resolution: tuple[int, int],
       lambda s: sampling.augmentation_params(
           sampling.step_rng(seed, stream, s), sharding.global_batch, resolution=resolution,
           crop=crop, flip_prob=flip_prob, color=color), sharding)
-  paths = tf.constant(np.stack([index.prev_frames, index.images, index.next_frames], 1))
+  columns = ('prev_frames', 'images', 'next_frames')
+  contents = _Contents(index, columns)
+  paths = tf.constant(np.stack([getattr(index, c) for c in columns], 1))
   intrinsics = tf.constant(index.intrinsics)
   crop_w, crop_h = crop
 
   def load(p):
-    frames = tf.stack([_read_image(paths[p['index'], k], resolution) for k in range(3)])
+    frames = tf.stack([_decode_image(contents(p, c), paths[p['index'], k], resolution)
+                       for k, c in enumerate(columns)])
     frames = transforms.crop_and_flip(frames, p['crop_x'], p['crop_y'], crop, p['flip'])
     frames = tf.ensure_shape(frames, [3, crop_h, crop_w, 3])
     if color is None:
@@ -226,17 +297,22 @@ def sde_batches(index: common.ExampleIndex, *, resolution: tuple[int, int],
     return [('image', str(getattr(index, column)[i])) for i in plan_values['index']
             for column in ('prev_frames', 'images', 'next_frames')]
 
-  return Batches(_finish(_plan_dataset(plan, start_step, num_steps), load, sharding.local_batch),
-                 plan, files, file_checker(resolution, None), start_step, num_steps)
+  return Batches(_finish(_plan_dataset(plan, start_step, num_steps, contents), load,
+                         sharding.local_batch),
+                 plan, files, file_checker(resolution, None, store=contents.store), start_step,
+                 num_steps)
 
 
 def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpec,
                          resolution: tuple[int, int], crop: tuple[int, int], depth_dir: str,
                          strict_labels: bool, with_frames: bool = False):
-  """load(plan) -> dict(image, label, labeled, intrinsics[, frames][, depth], index, step[, valid])."""
+  """(load(plan) -> dict(image, label, labeled, intrinsics[, frames][, depth], index, step[, valid]),
+  files(plan) -> [(kind, path)], the _Contents that `load` reads)."""
   if with_frames and not index.is_triplet.all():
     raise common.DataError(f'{index.images[~index.is_triplet][0]}: no frames t-1, t+1 (multi-task '
                            'training needs them: join the images with their sequences)')
+  contents = _Contents(index, ('images', 'labels') + (('prev_frames', 'next_frames')
+                                                      if with_frames else ()))
   images, labels = tf.constant(index.images), tf.constant(index.labels)
   neighbours = tf.constant(np.stack([index.prev_frames, index.next_frames], 1))
   intrinsics = tf.constant(index.intrinsics)
@@ -253,12 +329,12 @@ def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpe
 
   def load(p):
     i = p['index']
-    image = transforms.crop_and_flip(_read_image(images[i], resolution), p['crop_x'], p['crop_y'],
-                                     crop, p['flip'])
+    image = transforms.crop_and_flip(_decode_image(contents(p, 'images'), images[i], resolution),
+                                     p['crop_x'], p['crop_y'], crop, p['flip'])
     labeled = labels[i] != ''
     label = tf.cond(
         labeled,
-        lambda: transforms.decode_label(tf.io.read_file(labels[i]), lookup, valid_ids, labels[i],
+        lambda: transforms.decode_label(contents(p, 'labels'), lookup, valid_ids, labels[i],
                                         strict_labels),
         lambda: tf.fill([resolution[1], resolution[0]], common.IGNORE_LABEL))
     label = transforms.crop_and_flip(label, p['crop_x'], p['crop_y'], crop, p['flip'])
@@ -273,8 +349,10 @@ def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpe
       out['depth'] = transforms.crop_and_flip(depth[..., None], p['crop_x'], p['crop_y'], crop,
                                               p['flip'])
     if with_frames:
-      frames = tf.stack([_read_image(neighbours[i, 0], resolution), _read_image(images[i], resolution),
-                         _read_image(neighbours[i, 1], resolution)])
+      frames = tf.stack([
+          _decode_image(contents(p, 'prev_frames'), neighbours[i, 0], resolution),
+          _decode_image(contents(p, 'images'), images[i], resolution),
+          _decode_image(contents(p, 'next_frames'), neighbours[i, 1], resolution)])
       out['frames'] = tf.ensure_shape(
           transforms.crop_and_flip(frames, p['crop_x'], p['crop_y'], crop, p['flip']),
           [3, crop_h, crop_w, 3])
@@ -291,7 +369,7 @@ def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpe
             ([('depth', os.path.join(depth_dir, index.ids[i] + '.npy')) for i in rows]
              if depth_dir else []))
 
-  return load, files
+  return load, files, contents
 
 
 def segmentation_batches(index: common.ExampleIndex, label_spec: common.LabelSpec, *,
@@ -314,11 +392,12 @@ def segmentation_batches(index: common.ExampleIndex, label_spec: common.LabelSpe
       lambda s: sampling.augmentation_params(
           sampling.step_rng(seed, stream, s), sharding.global_batch, resolution=resolution,
           crop=crop, flip_prob=flip_prob, color=None), sharding)
-  load, files = _segmentation_loader(index, label_spec, resolution, crop, depth_dir, strict_labels,
-                                     with_frames)
-  return Batches(_finish(_plan_dataset(plan, start_step, num_steps), load, sharding.local_batch),
-                 plan, files, file_checker(resolution, label_spec, strict_labels), start_step,
-                 num_steps)
+  load, files, contents = _segmentation_loader(index, label_spec, resolution, crop, depth_dir,
+                                               strict_labels, with_frames)
+  return Batches(_finish(_plan_dataset(plan, start_step, num_steps, contents), load,
+                         sharding.local_batch),
+                 plan, files, file_checker(resolution, label_spec, strict_labels, contents.store),
+                 start_step, num_steps)
 
 
 def validation_batches(index: common.ExampleIndex, label_spec: common.LabelSpec, *,
@@ -341,7 +420,8 @@ def validation_batches(index: common.ExampleIndex, label_spec: common.LabelSpec,
       lambda s: np.where(positions(s) < len(index), positions(s), 0).astype(np.int64),
       lambda s: dict(crop_x=zeros, crop_y=zeros, flip=zeros.astype(bool),
                      valid=positions(s) < len(index)), sharding)
-  load, files = _segmentation_loader(index, label_spec, resolution, resolution, depth_dir,
-                                     strict_labels)
-  return Batches(_finish(_plan_dataset(plan, 0, num_steps), load, sharding.local_batch),
-                 plan, files, file_checker(resolution, label_spec, strict_labels), 0, num_steps)
+  load, files, contents = _segmentation_loader(index, label_spec, resolution, resolution, depth_dir,
+                                               strict_labels)
+  return Batches(_finish(_plan_dataset(plan, 0, num_steps, contents), load, sharding.local_batch),
+                 plan, files, file_checker(resolution, label_spec, strict_labels, contents.store),
+                 0, num_steps)

@@ -66,5 +66,12 @@ def with_neighbours(images: common.ExampleIndex,
     raise common.DataError(f'{len(missing)} segmentation images have no frame triplet in the '
                            f'sequences (e.g. {missing[:3]}); multi-task training needs them')
   rows = [position[i] for i in images.ids.tolist()]
+  # A joined row is read through one storage (its `storage` cell): its frames must live there too.
+  elsewhere = [i for i, a, b in zip(images.ids.tolist(), images.storage, sequences.storage[rows])
+               if a is not b]
+  if elsewhere:
+    raise common.DataError(f'{len(elsewhere)} segmentation images (e.g. {elsewhere[:3]}) are read '
+                           'from another backend than their frame triplets; open both indices '
+                           'from one reader')
   return dataclasses.replace(images, prev_frames=sequences.prev_frames[rows],
                              next_frames=sequences.next_frames[rows])

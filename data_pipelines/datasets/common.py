@@ -3,7 +3,8 @@
 A reader turns an on-disk layout into an `ExampleIndex`: parallel NumPy columns, one row per example.
 Paths are absolute strings; an empty string means "absent" (an unlabeled image, a frame without
 neighbours). Intrinsics are normalised by the image size (fx/W, fy/H, cx/W, cy/H), so they hold at any
-resolution the images are resized to.
+resolution the images are resized to. A row's files are read from the file system, or from the
+`FileStore` in its `storage` column (the TFDS backend keeps the same paths in ArrayRecord shards).
 """
 
 from __future__ import annotations
@@ -32,6 +33,27 @@ IMAGE_EXTENSIONS = ('.png', '.jpg')
 
 class DataError(ValueError):
   """Bad input data: the message names the file, folder, key or value at fault."""
+
+
+class FileStore(abc.ABC):
+  """Prepared files kept somewhere other than the file system, looked up by their paths.
+
+  Index rows whose `storage` is a store are read through it; their paths stay those of the prepared
+  tree, so ids, paths and intrinsics are the same whichever backend serves the bytes.
+  """
+
+  @abc.abstractmethod
+  def read(self, items: Sequence[tuple[str, str]]) -> list[bytes]:
+    """The bytes of (index column, path) pairs; b'' for an empty path.
+
+    The column ('images', 'labels', 'prev_frames', 'next_frames') lets a store that keeps a file in
+    several records pick the one that serves the rest of the row. Raises a DataError naming a path
+    the store does not hold.
+    """
+
+  @abc.abstractmethod
+  def describe(self, path: str) -> str:
+    """Where the store keeps `path` (for error messages)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +102,9 @@ class ExampleIndex:
     labels: [N] str, path of the raw-id label map, '' where the example is unlabeled.
     prev_frames, next_frames: [N] str, paths of frames t-1 and t+1, '' where not a triplet.
     intrinsics: [N, 4] float32, normalised (fx, fy, cx, cy); NaN where the dataset has none.
+    storage: [N] object, where the row's files are read: None = the file system, else the FileStore
+      that holds them. A column, not one attribute, so that subsets, joins and concatenations of
+      indices keep it without knowing about it.
   """
   ids: np.ndarray
   images: np.ndarray
@@ -87,17 +112,19 @@ class ExampleIndex:
   prev_frames: np.ndarray
   next_frames: np.ndarray
   intrinsics: np.ndarray
+  storage: np.ndarray
 
   @classmethod
   def from_rows(cls, rows: Sequence[dict]) -> 'ExampleIndex':
-    """Builds an index from dicts with keys id, image and optional label, prev, next, intrinsics."""
+    """Builds an index of files from dicts with keys id, image and optional label, prev, next,
+    intrinsics."""
     def column(key):
       return np.array([r.get(key, '') for r in rows], dtype=object).astype(str) if rows else (
           np.zeros([0], str))
     intrinsics = np.array([r.get('intrinsics', (np.nan,) * 4) for r in rows], np.float32)
     index = cls(ids=column('id'), images=column('image'), labels=column('label'),
                 prev_frames=column('prev'), next_frames=column('next'),
-                intrinsics=intrinsics.reshape(-1, 4))
+                intrinsics=intrinsics.reshape(-1, 4), storage=np.full(len(rows), None, object))
     ids, counts = np.unique(index.ids, return_counts=True)
     if np.any(counts > 1):
       dup = str(ids[counts > 1][0])
@@ -232,6 +259,8 @@ class Reader(abc.ABC):
   prepare_patterns: tuple[tuple[str, str], ...]
   segmentation_splits: tuple[str, ...] = ('train', 'val')
   sequence_splits: tuple[str, ...] = ()
+  # Whether `val_count` decides the segmentation splits (datasets without official splits).
+  splits_by_count: bool = False
 
   def __init__(self, root: str, *, val_count: int = 500, sequence_root: str = ''):
     self.root = os.path.abspath(os.path.expanduser(root))

@@ -21,6 +21,7 @@ class GTA5(common.Reader):
   name = 'gta5'
   label_spec = cityscapes.LABEL_SPEC
   sequence_splits = ('train', 'val')
+  splits_by_count = True
   prepare_patterns = (
       ('image', 'images/*.*'),
       ('label', 'labels/*.png'),

@@ -35,6 +35,7 @@ class Synthia(common.Reader):
   name = 'synthia'
   label_spec = LABEL_SPEC
   sequence_splits = ('train',)
+  splits_by_count = True
   prepare_patterns = (
       ('image', 'RAND_CITYSCAPES/RGB/*.*'),
       ('label', 'RAND_CITYSCAPES/GT/LABELS/*.png'),
