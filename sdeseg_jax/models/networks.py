@@ -33,7 +33,9 @@ def encoder_from_config(config: ml_collections.ConfigDict, dtype,
   """A ResNet from an encoder config (depth, output_stride, width, stage_sizes); conv1 takes as
   many channels as the input has (6 for the pose network's frame pairs)."""
   return resnet.ResNet(depth=config.depth, output_stride=config.output_stride, width=config.width,
-                       stage_sizes=tuple(config.stage_sizes) or None, dtype=dtype, name=name)
+                       stage_sizes=tuple(config.stage_sizes) or None, dtype=dtype, name=name,
+                       # .get: configs saved before the key existed (a run's config.json)
+                       remat=config.get('remat', False))
 
 
 def decoder_design(config: ml_collections.ConfigDict) -> dict[str, Any]:

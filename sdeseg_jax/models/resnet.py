@@ -78,6 +78,8 @@ class ResNet(nn.Module):
     stage_sizes: blocks per stage, overriding the depth's (tiny networks).
     normalize_input: apply (x - 0.45) / 0.225 first (monodepth2 style; inputs in [0, 1]).
     dtype: compute dtype.
+    remat: rematerialise each residual block (nn.remat): its activations are recomputed in the
+      backward pass instead of stored. Same parameter names and results; less memory.
   """
   depth: int = 101
   output_stride: int = 16
@@ -85,6 +87,7 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int] | None = None
   normalize_input: bool = True
   dtype: layers.Dtype = jnp.float32
+  remat: bool = False
 
   @property
   def channels(self) -> tuple[int, ...]:
@@ -101,6 +104,9 @@ class ResNet(nn.Module):
       raise ValueError(f'output_stride {self.output_stride}: expected one of {sorted(DILATE)}')
     block_name, default_sizes = ARCHITECTURES[self.depth]
     block_cls = {'basic': BasicBlock, 'bottleneck': Bottleneck}[block_name]
+    if self.remat:
+      # `train` (argument 2, counting self) is a Python bool that selects the BatchNorm mode.
+      block_cls = nn.remat(block_cls, static_argnums=(2,))
     stage_sizes = tuple(self.stage_sizes or default_sizes)
     if block_name == 'basic' and self.output_stride != 32:
       raise ValueError(f'ResNet{self.depth} (basic blocks) supports output stride 32 only, as '

@@ -2,6 +2,10 @@
 
 A finished stage leaves `<workdir>/<stage>/done` (JSON: when, and the config it ran with); a later run
 skips it, says why, and warns when the config has changed since.
+
+With several processes (sdeseg_jax.training.distributed) every process runs every stage, except
+those in PRIMARY_ONLY, which process 0 runs while the others wait; all processes meet at a barrier
+before and after each stage, and only process 0 writes the markers (the workdir is shared).
 """
 
 from __future__ import annotations
@@ -14,14 +18,21 @@ import os
 
 import ml_collections
 
-# Stage name -> module holding its run(); in the order the method runs them.
+from sdeseg_jax.training import distributed
+
+# Stage name -> 'module' holding its run(), or 'module:function'; in the order the method runs them.
 STAGES = {
     'data': 'sdeseg_jax.stages.data',
     'sde_pretrain': 'sdeseg_jax.stages.sde_pretrain',
+    'sde_source': 'sdeseg_jax.stages.sde_pretrain:run_source',
     'depth_labels': 'sdeseg_jax.stages.depth_labels',
+    'select_labels': 'sdeseg_jax.stages.select_labels',
     'segment': 'sdeseg_jax.stages.segment',
     'evaluate': 'sdeseg_jax.stages.evaluate',
 }
+# Stages with no device work that write shared files (rendering, preparing, summarising): two
+# processes doing them at once would race on the same files.
+PRIMARY_ONLY = frozenset({'data'})
 
 
 def parse_stages(text: str) -> list[str]:
@@ -33,6 +44,12 @@ def parse_stages(text: str) -> list[str]:
   if not names:
     raise ValueError('config.stages is empty: name at least one stage')
   return names
+
+
+def stage_function(name: str):
+  """The run(config, workdir) of stage `name`."""
+  module, _, function = STAGES[name].partition(':')
+  return getattr(importlib.import_module(module), function or 'run')
 
 
 def done_marker(workdir: str, stage: str) -> str:
@@ -53,6 +70,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   ran = []
   for name in names:
     marker = done_marker(workdir, name)
+    # Every process decides on the same marker state (process 0 may just have written one).
+    distributed.barrier(f'before stage {name}')
     if os.path.exists(marker):
       with open(marker) as f:
         previous = json.load(f)
@@ -63,11 +82,18 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
                         'are kept. Delete %s to rerun it with the current config.', name, marker)
       continue
     logging.info('Running stage %r', name)
-    importlib.import_module(STAGES[name]).run(config, workdir)
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    with open(marker + '.tmp', 'w') as f:
-      json.dump(dict(finished=datetime.datetime.now().isoformat(timespec='seconds'),
-                     config=_comparable(config)), f, indent=1)
-    os.replace(marker + '.tmp', marker)
+    if distributed.is_primary() or name not in PRIMARY_ONLY:
+      stage_function(name)(config, workdir)
+    if distributed.is_primary():
+      os.makedirs(os.path.dirname(marker), exist_ok=True)
+      with open(marker + '.tmp', 'w') as f:
+        json.dump(dict(finished=datetime.datetime.now().isoformat(timespec='seconds'),
+                       config=_comparable(config)), f, indent=1)
+      os.replace(marker + '.tmp', marker)
+    distributed.barrier(f'after stage {name}')
+    if not os.path.exists(marker):
+      raise RuntimeError(f'{marker}: process {distributed.process_index()} does not see the marker '
+                         f'process 0 wrote after stage {name!r}: the workdir {workdir} must be '
+                         'one shared folder for all processes (NFS, Filestore, a gcsfuse mount)')
     ran.append(name)
   return ran

@@ -95,19 +95,36 @@ def write_tree(directory: str, tree: Any, *, overwrite: bool = False) -> str:
   return path
 
 
+def _host_target(metadata) -> Any:
+  """A restore target of NumPy arrays shaped like a checkpoint's arrays.
+
+  Without a target Orbax restores each array with the sharding it was saved with, which fails
+  ('Topology mismatch') when the checkpoint comes from another device or process count; NumPy
+  arrays have no sharding, so any run can read any checkpoint this way.
+  """
+  return jax.tree.map(lambda m: np.zeros(m.shape, m.dtype) if hasattr(m, 'shape') else m,
+                      metadata)
+
+
 def read_arrays(directory: str, step: int | None = None) -> dict:
-  """The plain dict of a checkpoint: a `Checkpointer` directory (latest step by default) or a
-  standalone tree written by `write_tree` (sdeseg_jax.weights.convert)."""
+  """The plain dict of NumPy arrays of a checkpoint: a `Checkpointer` directory (latest step by
+  default) or a standalone tree written by `write_tree` (sdeseg_jax.weights.convert). Readable
+  whatever the device and process count that wrote it."""
   directory = os.path.abspath(directory)
   if not os.path.isdir(directory):
     raise CheckpointError(f'{directory}: no such checkpoint directory')
-  manager = ocp.CheckpointManager(directory)
+  # The handler named up front: item_metadata() is None until the manager knows it.
+  manager = ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler())
   try:
     step = manager.latest_step() if step is None else step
     if step is not None:
-      return manager.restore(step, args=ocp.args.StandardRestore())
+      target = _host_target(manager.item_metadata(step))
+      return manager.restore(step, args=ocp.args.StandardRestore(target))
     if os.path.exists(os.path.join(directory, '_METADATA')):
-      return ocp.StandardCheckpointer().restore(directory)
+      checkpointer = ocp.StandardCheckpointer()
+      metadata = checkpointer.metadata(directory)  # a StepMetadata holding the tree's
+      return checkpointer.restore(
+          directory, _host_target(getattr(metadata, 'item_metadata', metadata)))
     raise CheckpointError(f'{directory}: holds no checkpoint')
   except CheckpointError:
     raise

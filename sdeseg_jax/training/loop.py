@@ -133,7 +133,8 @@ def train(state, train_step: Callable, batches: Iterable[dict], *, mesh, num_ste
           values.update(extra_scalars(done))
         writer.write_scalars(done, values)
       if hooks.images is not None and hooks.images_every and done % hooks.images_every == 0:
-        writer.write_images(done, jax.device_get(hooks.images(state, batch, done)))
+        # Batch-sharded summaries span processes: gather them (every process takes part).
+        writer.write_images(done, jax.tree.map(sharding.to_host, hooks.images(state, batch, done)))
       if hooks.evaluate is not None and (
           (hooks.evaluate_every and done % hooks.evaluate_every == 0) or done == num_steps):
         hooks.last_evaluation = hooks.evaluate(state, done)

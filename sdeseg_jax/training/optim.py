@@ -6,6 +6,10 @@ config (an `optim` ConfigDict, see configs/base.py optim_config):
   schedule: kind 'constant' | 'step' (x factor at each boundary) | 'poly' (power, to 0 at total_steps);
   groups: {name: {pattern, lr, frozen}}: every parameter path ('encoder/layer1_0/conv1/kernel') must
     match exactly one group's regex (re.search); an uncovered or doubly covered parameter is an error.
+  accumulate_steps (optional, default 1): gradient accumulation, k > 1 averages the gradients of k
+    consecutive train steps (micro-batches) and updates every k-th step (optax.MultiSteps), so the
+    update equals one step on a k times larger batch (BatchNorm statistics stay per micro-batch).
+    Train steps count micro-batches; the learning-rate schedule counts updates.
 """
 
 from __future__ import annotations
@@ -67,6 +71,13 @@ def _optimizer(config: ml_collections.ConfigDict, learning_rate) -> optax.Gradie
   raise ValueError(f'config.optim.name {config.name!r}: expected adam or sgd')
 
 
+def accumulate_steps(config: ml_collections.ConfigDict) -> int:
+  k = config.get('accumulate_steps', 1)
+  if not isinstance(k, int) or k < 1:
+    raise ValueError(f'config.optim.accumulate_steps={k!r}: expected an integer >= 1')
+  return k
+
+
 def build(config: ml_collections.ConfigDict, params) -> optax.GradientTransformation:
   """The optimiser for `params`: frozen groups get zero updates (and no clip-norm share)."""
   labels = group_labels(params, config.groups)
@@ -79,13 +90,17 @@ def build(config: ml_collections.ConfigDict, params) -> optax.GradientTransforma
           _optimizer(config, schedule(group.lr, config.schedule)))
   used = set(jax.tree.leaves(labels))
   transforms = {name: tx for name, tx in transforms.items() if name in used}
-  return optax.chain(
+  tx = optax.chain(
       optax.masked(optax.set_to_zero(), jax.tree.map(lambda t: not t, trainable)),
       optax.clip_by_global_norm(config.clip_norm) if config.clip_norm else optax.identity(),
       optax.multi_transform(transforms, labels))
+  k = accumulate_steps(config)
+  # Around the whole chain: clipping and weight decay see the averaged gradient, as one big batch.
+  return optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation() if k > 1 else tx
 
 
 def learning_rates(config: ml_collections.ConfigDict, step: int) -> dict[str, float]:
-  """Each trainable group's learning rate at `step` (for logging)."""
+  """Each trainable group's learning rate at train step `step` (for logging)."""
+  step //= accumulate_steps(config)  # the schedule counts optimiser updates
   return {f'lr/{name}': float(schedule(group.lr, config.schedule)(step))
           for name, group in config.groups.items() if not group.frozen}

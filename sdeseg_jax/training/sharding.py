@@ -19,10 +19,24 @@ DATA_AXIS = 'data'
 
 
 def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
-  """A 1-D data-parallel mesh over all (or the given) devices."""
+  """A 1-D data-parallel mesh over all (or the given) devices.
+
+  Each process's devices are consecutive along the axis, in process order: the input pipelines give
+  process p rows [p * B/P, (p + 1) * B/P) of the global batch, and make_array_from_process_local_data
+  places a process's rows on its devices in mesh order, so only this order reproduces the
+  single-process batch row for row. jax.make_mesh may order devices by physical topology.
+  """
   devices = devices or jax.devices()
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
+  mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
+  ordered = list(mesh.devices.flat)
+  processes = [d.process_index for d in ordered]
+  if processes != sorted(processes):
+    # Stable sort: keeps jax.make_mesh's order among a process's own devices.
+    ordered.sort(key=lambda d: d.process_index)
+    mesh = jax.sharding.Mesh(np.array(ordered), (DATA_AXIS,),
+                             axis_types=(jax.sharding.AxisType.Auto,))
+  return mesh
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -59,6 +73,18 @@ def jit_eval_step(step: Callable, mesh: jax.sharding.Mesh) -> Callable:
   """jit(step(variables, batch) -> per-example outputs), outputs sharded like the batch."""
   return jax.jit(step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
                  out_shardings=batch_sharding(mesh))
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of `x` as a NumPy array on every process.
+
+  A batch-sharded array spanning several processes is gathered (a collective: every process must
+  call this at the same point); replicated or single-process arrays are copied locally.
+  """
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def local_rows(x: jax.Array) -> np.ndarray:

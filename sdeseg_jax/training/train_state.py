@@ -44,7 +44,16 @@ class TrainState(flax.struct.PyTreeNode):
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
     params = optax.apply_updates(self.params, updates)
     step = self.step + 1
-    ema_params = None if self.ema_params is None else ema_update(self.ema_params, params, step)
+    ema_params = self.ema_params
+    if ema_params is not None:
+      if isinstance(opt_state, optax.MultiStepsState):
+        # Gradient accumulation: the teacher follows real updates only (the parameters do not
+        # move between them), counted in updates, as without accumulation.
+        updated = opt_state.mini_step == 0
+        followed = ema_update(ema_params, params, opt_state.gradient_step)
+        ema_params = jax.tree.map(lambda f, e: jnp.where(updated, f, e), followed, ema_params)
+      else:
+        ema_params = ema_update(ema_params, params, step)
     return self.replace(step=step, params=params, opt_state=opt_state, ema_params=ema_params,
                         batch_stats=self.batch_stats if batch_stats is None else batch_stats)
 
