@@ -36,6 +36,16 @@ from sdeseg_jax.ops.mixing import pair_with_next
 from sdeseg_jax.ops.mixing import pseudo_label_quality
 from sdeseg_jax.ops.mixing import pseudo_labels
 from sdeseg_jax.ops.mixing import signed_margin
+from sdeseg_jax.ops.selection import adaptive_avg_pool
+from sdeseg_jax.ops.selection import depth_student_loss
+from sdeseg_jax.ops.selection import farthest_point_selection
+from sdeseg_jax.ops.selection import farthest_point_selection_with_distances
+from sdeseg_jax.ops.selection import normalize_by_range
+from sdeseg_jax.ops.selection import normalized_entropy
+from sdeseg_jax.ops.selection import selection_error
+from sdeseg_jax.ops.selection import selection_error_mask
+from sdeseg_jax.ops.selection import standardize_features
+from sdeseg_jax.ops.selection import top_rows_mask
 from sdeseg_jax.ops.segmentation import class_subset_miou
 from sdeseg_jax.ops.segmentation import confusion_matrix
 from sdeseg_jax.ops.segmentation import cross_entropy
@@ -93,4 +103,18 @@ __all__ += [
     'sample_strong_augment_params',
     'signed_margin',
     'strong_augment',
+]
+
+# Automatic data selection (SPEC section 8).
+__all__ += [
+    'adaptive_avg_pool',
+    'depth_student_loss',
+    'farthest_point_selection',
+    'farthest_point_selection_with_distances',
+    'normalize_by_range',
+    'normalized_entropy',
+    'selection_error',
+    'selection_error_mask',
+    'standardize_features',
+    'top_rows_mask',
 ]
