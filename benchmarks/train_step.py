@@ -4,6 +4,9 @@
         [--size=512x512] [--repeats=3] [--dtype=float32] [--out=FILE]
     python -m benchmarks.train_step --stage=segment:mtl+depthmix --config=configs/ssl_cityscapes.py \
         --batch=2          # also segment:transfer, segment:transfer+pseudo, segment:transfer+depthmix
+    python -m benchmarks.train_step --stage=ssda --config=configs/ssda_gta.py --batch=2
+        # the full SSDA step of the config: labeled target, source (Matching Geometry candidates
+        # included), Cross- and Target-Domain DepthMix, multi-task
 
 Runs on whatever device JAX finds (all of them, data-parallel), on random inputs of the stage's
 batch layout, so it needs no dataset. Step times: min / median / max over --repeats after one
@@ -23,10 +26,12 @@ from benchmarks import common
 
 
 def load_config(path: str):
+  """configs/x.py or configs/x.py:variant -> its get_config(variant)."""
+  path, _, variant = path.partition(':')
   spec = importlib.util.spec_from_file_location('benchmark_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(variant)
 
 
 def sde_setup(config, batch: int, width: int, height: int):
@@ -52,11 +57,13 @@ SEGMENT_ROWS = {
 }
 
 
-def segment_setup(config, batch: int, width: int, height: int, row: str):
-  """(state, step, batch) of the segment stage for one row of SEGMENT_ROWS (random init)."""
+def segment_setup(config, batch: int, width: int, height: int, row: str | None):
+  """(state, step, batch) of the segment stage (random init): one row of SEGMENT_ROWS, or with
+  row None the config's own method (domain adaptation included)."""
   from sdeseg_jax.models import networks
   from sdeseg_jax.stages import segment
-  config.segment.update(SEGMENT_ROWS[row], init='none')
+  config.segment.update(SEGMENT_ROWS.get(row, {}), init='none', mix_batch_size=batch)
+  config.segment.source.batch_size = batch  # Matching Geometry: one source crop per target crop
   network = networks.build(config.segment.network, config.model)
   state = segment.create_state(config, '', network)
   step = segment.make_train_step(network, config, num_classes=19)
@@ -64,17 +71,23 @@ def segment_setup(config, batch: int, width: int, height: int, row: str):
   k = np.array([[0.58 * width, 0, 0.5 * width], [0, 1.16 * height, 0.5 * height], [0, 0, 1]],
                np.float32)
 
-  def examples(labeled: bool):
-    frames = rng.uniform(size=(batch, 3, height, width, 3)).astype(np.float32)
-    return dict(image=frames[:, 1], frames=frames, intrinsics=np.tile(k, (batch, 1, 1)),
-                label=rng.integers(0, 19, (batch, height, width)).astype(np.int32),
-                labeled=np.full(batch, labeled),
-                depth=rng.uniform(size=(batch, height, width, 1)).astype(np.float32))
-  return state, step, dict(labeled=examples(True), mix=examples(False))
+  def examples(labeled: bool, rows: int = batch):
+    frames = rng.uniform(size=(rows, 3, height, width, 3)).astype(np.float32)
+    return dict(image=frames[:, 1], frames=frames, intrinsics=np.tile(k, (rows, 1, 1)),
+                label=rng.integers(0, 19, (rows, height, width)).astype(np.int32),
+                labeled=np.full(rows, labeled),
+                depth=rng.uniform(size=(rows, height, width, 1)).astype(np.float32))
+  batches = dict(labeled=examples(True), mix=examples(False))
+  source = config.segment.source
+  if source.enabled:
+    source_rows = batch * (source.candidates if source.matching_geometry else 1)
+    batches['source'] = {k: v for k, v in examples(True, source_rows).items() if k != 'frames'}
+  return state, step, batches
 
 
-STAGES = {'sde': sde_setup, **{f'segment:{row}': (lambda row: lambda c, b, w, h: segment_setup(
-    c, b, w, h, row))(row) for row in SEGMENT_ROWS}}
+STAGES = {'sde': sde_setup, 'ssda': lambda c, b, w, h: segment_setup(c, b, w, h, None),
+          **{f'segment:{row}': (lambda row: lambda c, b, w, h: segment_setup(c, b, w, h, row))(row)
+             for row in SEGMENT_ROWS}}
 
 
 def main() -> None:
@@ -86,12 +99,22 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   parser.add_argument('--out', default='')
+  parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                      help='config override, e.g. segment.source.matching_geometry=False')
   args = parser.parse_args()
   from sdeseg_jax.training import sharding
 
   width, height = (int(v) for v in args.size.lower().split('x'))
   config = load_config(args.config)
   config.model.compute_dtype = args.dtype
+  for item in args.set:
+    key, _, value = item.partition('=')
+    node = config
+    *parents, leaf = key.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == 'True'
+
   state, step, batch = STAGES[args.stage](config, args.batch, width, height)
   mesh = sharding.make_mesh()
   sharding.check_global_batch(args.batch, mesh)
@@ -118,7 +141,8 @@ def main() -> None:
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
   common.emit(dict(
-      benchmark='train_step', stage=args.stage, config=args.config, batch=args.batch,
+      benchmark='train_step', stage=args.stage, config=args.config, overrides=args.set,
+      batch=args.batch,
       size=[width, height], dtype=args.dtype, device=str(device), device_count=jax.device_count(),
       machine=common.machine(), compile_s=compile_s, step_ms_min=1e3 * times[0],
       step_ms_median=1e3 * median, step_ms_max=1e3 * times[-1],

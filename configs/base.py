@@ -15,6 +15,9 @@ def dataset_config(name: str = '', resolution=(1024, 512)) -> ml_collections.Con
       sequence_root='',       # video set if elsewhere (GTA: the VIPER-layout set; '' -> default)
       resolution=resolution,  # (W, H) working resolution of the prepared tree
       val_count=500,          # GTA5 / Synthia: the last N sorted images form the val split
+      backend='folder',       # where the pipelines read the prepared files: folder (the tree)
+                              # | tfds (ArrayRecord shards of it, data_pipelines.tfds_backend)
+      tfds_dir='',            # tfds: the shards' data_dir, local or gs:// ('' -> <workdir>/tfds/<role>)
       synthetic=dict(         # render the built-in synthetic world into the raw tree
           domain='',          # '' (off) | city | game
           size=(256, 128),    # (W, H) rendered
@@ -26,9 +29,12 @@ def model_config(depth: int = 101, output_stride: int = 16,
                  decoder: str = 'dec6') -> ml_collections.ConfigDict:
   """A network design (SPEC section 3); sdeseg_jax.models.networks.build(kind, config) builds it."""
   return ml_collections.ConfigDict(dict(
-      encoder=dict(depth=depth, output_stride=output_stride, width=64, stage_sizes=()),
+      # remat: recompute each residual block's activations in the backward pass instead of
+      # keeping them (less memory, ~1/3 more encoder compute); parameters and results unchanged.
+      encoder=dict(depth=depth, output_stride=output_stride, width=64, stage_sizes=(),
+                   remat=False),
       decoder=dict(name=decoder, width_scale=1.0),   # dec6 | dec11 | dec9; channels x width_scale
-      pose_encoder=dict(depth=18, output_stride=32, width=64, stage_sizes=()),
+      pose_encoder=dict(depth=18, output_stride=32, width=64, stage_sizes=(), remat=False),
       num_classes=19,
       compute_dtype='float32',                        # float32 | bfloat16 (params stay float32)
   ))
@@ -46,10 +52,14 @@ def make_tiny(model: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def optim_config(name: str, groups: dict, *, kind: str = 'constant', boundaries=(),
                  factor: float = 0.1, power: float = 0.9, total_steps: int = 0,
                  momentum: float = 0.9, weight_decay: float = 0.0,
-                 clip_norm: float = 0.0) -> ml_collections.ConfigDict:
-  """An optimiser (sdeseg_jax.training.optim): groups = {name: dict(pattern, lr, frozen)}."""
+                 clip_norm: float = 0.0, accumulate_steps: int = 1) -> ml_collections.ConfigDict:
+  """An optimiser (sdeseg_jax.training.optim): groups = {name: dict(pattern, lr, frozen)}.
+
+  accumulate_steps = k > 1: gradients of k train steps averaged into one update (a k times larger
+  batch in the memory of one; num_steps then counts micro-batches, the schedule updates)."""
   return ml_collections.ConfigDict(dict(
       name=name, momentum=momentum, weight_decay=weight_decay, clip_norm=clip_norm,
+      accumulate_steps=accumulate_steps,
       schedule=dict(kind=kind, boundaries=tuple(boundaries), factor=factor, power=power,
                     total_steps=total_steps),
       groups={k: dict(dict(frozen=False), **v) for k, v in groups.items()}))
@@ -88,13 +98,31 @@ def segment_config() -> ml_collections.ConfigDict:
       sde_checkpoint='',
       imagenet_encoder='',
       labels=372,                # labeled training images (0: all)
-      selection='',              # ordered id list (select_labels output); '' = seeded random subset
+      selection='',              # '' = seeded random subset | 'select_labels' = the select_labels
+                                 # stage's <workdir>/selection.json | a path: an ordered id list
       mix='depthmix',            # none (supervised only) | pseudo | classmix | depthmix
       depthmix_margin=0.03,
       quality_threshold=0.968,
       unlabeled_loss='all_mean', # reference: q * CE over ALL pixels | valid_mean
       teacher_train_mode=True,   # reference: the mean teacher runs with batch-statistics BN
+      # Strong augmentation of mixed images (SPEC 6): colour jitter with probability jitter_prob
+      # (brightness/contrast/saturation/hue of strength `strength`), Gaussian blur with blur_prob.
+      strong_augment=dict(jitter_prob=0.8, blur_prob=0.5, strength=0.25),
       sde_weight=1.0,            # multi-task: SDE loss on the labeled and the mixing batch
+      # Semi-supervised domain adaptation (SPEC 7): labeled source crops (config.data.source) with
+      # their CE loss, and Cross-Domain mixing of source crop b onto target crop b of the mixing
+      # batch (`mix` above is then the Target-Domain mixing).
+      source=dict(
+          enabled=False,
+          batch_size=2,
+          mix='depthmix',          # depthmix (Cross-Domain DepthMix) | classmix (DACS) | none
+          margin_flip=True,        # the DepthMix margin's sign flipped per pair with p = 0.5
+          disparity='reference',   # reference: raw source vs min-max normalised target disparity
+                                   # | normalized: both normalised
+          matching_geometry=True,  # Matching Geometry Sampling: per target crop the best of
+          candidates=5,            #   `candidates` random source crops by geometric difference G
+          geometry_rows=(80, 100), #   (top, bottom) crop rows left out of G
+      ),
       batch_size=2, mix_batch_size=2, num_steps=40_000,
       optim=optim_config('sgd', dict(
           encoder=dict(pattern='^encoder/', lr=1e-3),
@@ -103,6 +131,32 @@ def segment_config() -> ml_collections.ConfigDict:
           kind='step', boundaries=(30_000,), momentum=0.9, weight_decay=5e-4, clip_norm=10.0),
       log_every=50, checkpoint_every=1000, keep_checkpoints=3, images_every=1000,
       eval_every=2000, eval_batch_size=2,
+  ))
+
+
+def select_config() -> ml_collections.ConfigDict:
+  """Automatic data selection (SPEC section 8, sdeseg_jax/stages/select_labels.py); defaults: the
+  reference's DS+US schedule on Cityscapes."""
+  return ml_collections.ConfigDict(dict(
+      method='ds_us',            # ds_us: diversity + uncertainty | ds: diversity (SDE features)
+                                 # | us: uncertainty (depth-student error) | random
+                                 # | entropy: active learning with a segmentation student (labels)
+      initial='diversity',       # the first sizes[0] images: diversity (one random image, then
+                                 # farthest points) | random
+      sizes=(25, 50, 100, 200, 372, 744),  # selection size after each step; output = sizes[-1] ids
+      student_steps=(4000, 8000, 12000, 16000, 20000),  # student iterations before steps 1, 2, ...
+      lambda_e=1000.0,           # weight of the depth-student error E against the feature distance
+      feature_level=3,           # SDE depth decoder level whose output is phi
+      feature_pool=(4, 8),       # (h, w) average pooling of phi
+      sde_checkpoint='',         # SDE for phi ('' -> <workdir>/sde/ckpt)
+      eval_batch_size=8,         # images per batch when computing phi and scoring (whole images)
+      keep_students=False,       # keep each step's student checkpoint after its step (disk: ~0.5 GB
+                                 # each at full size); a step in progress always keeps its own
+      student=dict(              # the depth student (config.student_model; entropy: + seg head)
+          batch_size=2,          # crops of config.data.crop
+          init_encoder='',       # ImageNet ResNet (weights.convert --from torchvision); '' = random
+          optim=optim_config('adam', dict(all=dict(pattern='.', lr=1e-4)), kind='poly', power=0.9),
+          log_every=50, checkpoint_every=1000),
   ))
 
 
@@ -122,10 +176,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.student_model = model_config(depth=50, decoder='dec9')
 
   config.sde = sde_config()
+  # Domain adaptation: the source-domain SDE (sde_source stage), trained like config.sde.
+  config.source_sde = sde_config()
   config.depth_labels = ml_collections.ConfigDict(dict(
       roles=('target',),        # whose segmentation images get depth labels (SSDA: + 'source')
       batch_size=8))
 
+  config.select = select_config()
   config.segment = segment_config()
   config.evaluate = ml_collections.ConfigDict(dict(
       weights='best',            # best (by val mIoU during training) | latest

@@ -27,13 +27,15 @@ METHODS = {
 }
 
 
-def parse_variant(arg: str) -> dict[str, str]:
+def parse_variant(arg: str, keys=('labels', 'method', 'seed', 'selection'),
+                  where: str = 'configs/ssl_cityscapes.py') -> dict[str, str]:
+  """'labels=100,seed=1' -> {'labels': '100', 'seed': '1'}; an unknown key fails loudly."""
   values = {}
   for item in filter(None, (p.strip() for p in arg.split(','))):
     key, separator, value = item.partition('=')
-    if not separator or key not in ('labels', 'method', 'seed', 'selection'):
-      raise ValueError(f'configs/ssl_cityscapes.py: bad variant item {item!r} (expected '
-                       'labels=N, method=NAME, seed=N or selection=PATH)')
+    if not separator or key not in keys:
+      raise ValueError(f'{where}: bad variant item {item!r} (expected key=value with key in '
+                       f'{", ".join(keys)})')
     values[key] = value
   return values
 
@@ -52,3 +54,27 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   config.segment.selection = values.get('selection', '')
   config.experiment = f'ssl_cityscapes_{method}_{config.segment.labels}_seed{config.seed}'
   return config
+
+
+# Sweeps (launch/sweep.py): name -> (label counts, methods); every pair runs with SEEDS.
+# `ours` with data selection is a row of configs/select_cityscapes.py (it adds the select_labels
+# stage), so Table 10 here holds the baseline and ours without selection. The domain-adaptation
+# files (configs/ssda_gta.py, ssda_synthia.py: Tables 16, 17) define their get_sweep the same way.
+SEEDS = (0, 1, 2)
+SWEEPS = {
+    'table10': ((100, 372, 744, 2975), ('baseline', 'ours_no_selection')),
+    'table7': ((372,), ('baseline', 'mtl', 'depthmix', 'ours_no_selection')),
+    'table3': ((372,), ('pseudo', 'classmix', 'depthmix')),
+}
+
+
+def get_sweep(arg: str = '') -> list[dict]:
+  """The runs of a paper table: python launch/sweep.py --config=configs/ssl_cityscapes.py[:NAME]
+  with NAME one of SWEEPS (default table10); each dict is a variant of get_config."""
+  name = arg or 'table10'
+  if name not in SWEEPS:
+    raise ValueError(f'configs/ssl_cityscapes.py: unknown sweep {name!r} (known: '
+                     f'{", ".join(SWEEPS)})')
+  labels, methods = SWEEPS[name]
+  return [dict(labels=n, method=method, seed=seed)
+          for n in labels for method in methods for seed in SEEDS]

@@ -1,8 +1,9 @@
-"""Inference CLI: segmentation (and depth, for multi-task networks) of images or folders.
+"""Inference CLI: segmentation (and depth, for multi-task networks) of images, folders or videos.
 
-    python -m sdeseg_jax.predict --checkpoint W/segment/best --input IMAGES_OR_FOLDERS --out DIR
+    python -m sdeseg_jax.predict --checkpoint W/segment/best --input IMAGES_FOLDERS_OR_VIDEOS --out DIR
 
-For each image: <name>_seg.png (colourised classes), <name>_overlay.png (over the image),
+Videos (.mp4, .avi, .mov, .mkv, .webm; decoded with imageio's bundled ffmpeg) give one set of
+outputs per frame, named <video>_<frame:06d>. For each image: <name>_seg.png (colourised classes), <name>_overlay.png (over the image),
 <name>_labelIds.png (Cityscapes label ids: the official result format, named after the input so
 cityscapesscripts and the benchmark server accept it) and, for multi-task networks,
 <name>_disparity.png. The network design comes from the segment run's config.json beside the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import itertools
 import json
 import os
 import sys
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
+import imageio.v3 as iio
 
 from data_pipelines.datasets import cityscapes
 from data_pipelines.datasets import common
@@ -96,20 +99,45 @@ class Predictor:
     return dict(classes=classes, disparity=disparity)
 
 
-def input_images(paths: list[str]) -> list[str]:
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov', '.mkv', '.webm')
+
+
+def _extension(path: str) -> str:
+  return os.path.splitext(path)[1].lower()
+
+
+def input_files(paths: list[str]) -> list[str]:
+  """Images and videos named directly or found (recursively) in the folders, sorted."""
+  known = common.IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
   files = []
   for path in paths:
     if os.path.isdir(path):
       files += [p for p in glob.glob(os.path.join(path, '**', '*'), recursive=True)
-                if os.path.splitext(p)[1].lower() in common.IMAGE_EXTENSIONS]
-    elif os.path.splitext(path)[1].lower() in common.IMAGE_EXTENSIONS:
+                if _extension(p) in known]
+    elif not os.path.exists(path):
+      raise FileNotFoundError(f'{path}: no such file or folder')
+    elif _extension(path) in known:
       files.append(path)
     else:
-      raise ValueError(f'{path}: not an image ({", ".join(common.IMAGE_EXTENSIONS)}) or a folder; '
-                       'extract the frames of a video first (e.g. ffmpeg -i VIDEO DIR/%06d.png)')
+      raise ValueError(f'{path}: not an image ({", ".join(common.IMAGE_EXTENSIONS)}), a video '
+                       f'({", ".join(VIDEO_EXTENSIONS)}) or a folder')
   if not files:
-    raise ValueError(f'no images in {paths}')
+    raise ValueError(f'no images or videos in {paths}')
   return sorted(set(files))
+
+
+def frames(path: str):
+  """Yields (name, [H, W, 3] uint8 RGB) for an image (one) or a video (every frame)."""
+  stem = os.path.splitext(os.path.basename(path))[0]
+  if _extension(path) in VIDEO_EXTENSIONS:
+    try:
+      for index, frame in enumerate(iio.imiter(path, plugin='FFMPEG')):
+        yield f'{stem}_{index:06d}', np.ascontiguousarray(frame[..., :3])
+    except (OSError, RuntimeError, StopIteration) as e:
+      raise ValueError(f'{path}: cannot decode the video ({e})') from e
+    return
+  with Image.open(path) as opened:
+    yield stem.removesuffix('_leftImg8bit'), np.asarray(opened.convert('RGB'))
 
 
 def write_outputs(out_dir: str, name: str, image: np.ndarray, prediction: dict) -> None:
@@ -129,21 +157,20 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m sdeseg_jax.predict',
                                    description=__doc__.split('\n\n')[0])
   parser.add_argument('--checkpoint', required=True, help='W/segment/best or W/segment/ckpt')
-  parser.add_argument('--input', required=True, nargs='+', help='images and/or folders')
+  parser.add_argument('--input', required=True, nargs='+', help='images, videos and/or folders')
   parser.add_argument('--out', required=True)
   args = parser.parse_args(argv)
   try:
     predictor = Predictor(args.checkpoint)
-    files = input_images(args.input)
+    files = input_files(args.input)
+    count = 0
+    for name, image in itertools.chain.from_iterable(frames(path) for path in files):
+      write_outputs(args.out, name, image, predictor(image))
+      count += 1
   except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  for path in files:
-    with Image.open(path) as opened:
-      image = np.asarray(opened.convert('RGB'))
-    name = os.path.splitext(os.path.basename(path))[0].removesuffix('_leftImg8bit')
-    write_outputs(args.out, name, image, predictor(image))
-  print(f'wrote predictions of {len(files)} images to {args.out}')
+  print(f'wrote predictions of {count} images/frames from {len(files)} files to {args.out}')
   return 0
 
 

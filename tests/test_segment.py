@@ -13,6 +13,7 @@ from sdeseg_jax import stages
 from sdeseg_jax.models import networks
 from sdeseg_jax.stages import segment
 from sdeseg_jax.training import optim
+from tests import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(REPO, '.cache', 'xla_tests')
@@ -30,8 +31,8 @@ def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('segment'))
   config = _tiny()
   config.lock()
-  assert stages.run_stages(config, path) == ['data', 'sde_pretrain', 'depth_labels', 'segment',
-                                             'evaluate']
+  assert stages.run_stages(config, path) == ['data', 'sde_pretrain', 'depth_labels',
+                                             'select_labels', 'segment', 'evaluate']
   return path
 
 
@@ -57,17 +58,27 @@ def test_multitask_depthmix_trains_and_evaluates(workdir):
 def test_transfer_with_depth_labels_runs_every_mix(workdir):
   # Reuses the tiny SDE and depth labels; one short run per mixing strategy of the transfer net.
   for mix in ('depthmix', 'classmix', 'pseudo', 'none'):
-    config = _tiny()
-    config.stages = 'segment'
-    config.segment.update(network='transfer', mix=mix, num_steps=2, eval_every=0)
-    config.segment.sde_checkpoint = os.path.join(workdir, 'sde', 'ckpt')
-    run_dir = os.path.join(workdir, f'transfer_{mix}')
-    os.makedirs(run_dir, exist_ok=True)
-    for link in ('data', 'depth', 'raw'):
-      if not os.path.exists(os.path.join(run_dir, link)):
-        os.symlink(os.path.join(workdir, link), os.path.join(run_dir, link))
+    config, run_dir = _segment_run(workdir, f'transfer_{mix}', network='transfer', mix=mix,
+                                   num_steps=2, eval_every=0)
     assert stages.run_stages(config, run_dir) == ['segment'], mix
     assert json.load(open(os.path.join(run_dir, 'segment', 'best.json')))['step'] == 2
+
+
+def _segment_run(workdir, name, **segment):
+  config = _tiny()
+  config.stages = 'segment'
+  # A random labeled subset: the extra workdirs have no selection.json.
+  config.segment.update(sde_checkpoint=os.path.join(workdir, 'sde', 'ckpt'), selection='',
+                        **segment)
+  return config, runs.linked_run(workdir, name)
+
+
+def test_resume_from_the_last_checkpoint_is_exact(workdir):
+  """Multi-task + DepthMix (student, mean teacher, BN statistics, optimiser state): a run resumed
+  from its step-2 checkpoint ends exactly where an uninterrupted run does."""
+  config, _ = _segment_run(workdir, 'straight', num_steps=6, checkpoint_every=2,
+                           keep_checkpoints=5, eval_every=0)
+  runs.assert_resumes_exactly(config, workdir, 'segment', interrupted_after=2)
 
 
 def test_depthmix_without_depth_labels_is_refused(tmp_path):
@@ -133,6 +144,25 @@ def test_predict_cli_and_official_export(workdir, tmp_path):
   assert set(np.unique(ids)) <= allowed
   assert predict.main(['--checkpoint', str(tmp_path / 'nothing'), '--input', val, '--out', out]) == 1
 
+  # A video: one set of outputs per frame, at the video's size.
+  import imageio.v3 as iio
+  frames = np.stack([np.asarray(Image.open(os.path.join(val, os.listdir(val)[0], n)).convert('RGB'))
+                     for n in images[:2]] * 3)
+  video = str(tmp_path / 'drive.mp4')
+  iio.imwrite(video, frames, plugin='FFMPEG', fps=5)
+  video_out = str(tmp_path / 'video')
+  assert predict.main(['--checkpoint', os.path.join(workdir, 'segment', 'best'),
+                       '--input', video, '--out', video_out]) == 0
+  written = sorted(os.listdir(video_out))
+  assert [n for n in written if n.endswith('_seg.png')] == [
+      f'drive_{i:06d}_seg.png' for i in range(len(frames))]
+  last = f'drive_{len(frames) - 1:06d}_disparity.png'
+  with Image.open(os.path.join(video_out, last)) as result:
+    assert result.size == size
+  (tmp_path / 'clip.txt').write_text('not a video')
+  assert predict.main(['--checkpoint', os.path.join(workdir, 'segment', 'best'),
+                       '--input', str(tmp_path / 'clip.txt'), '--out', video_out]) == 1
+
   config = _tiny()
   config.evaluate.export_splits = ('val',)
   evaluate.run(config, workdir)
@@ -150,7 +180,7 @@ def test_training_indices_split_labeled_and_mixing_images(tmp_path):
   prepare.prepare('cityscapes', raw, str(tmp_path / 'prepared'), (64, 32), image_format='png')
   reader = prepare.open_prepared('cityscapes', str(tmp_path / 'prepared'), (64, 32))
   config = _tiny()
-  config.segment.update(labels=2, network='transfer', mix='depthmix')
+  config.segment.update(labels=2, network='transfer', mix='depthmix', selection='')
   labeled, mix = segment.training_indices(config, reader)
   assert len(labeled) == 2 and labeled.is_labeled.all()
   # DepthMix mixes all training images; only the labeled subset keeps its ground truth.

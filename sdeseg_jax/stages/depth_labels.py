@@ -20,10 +20,11 @@ from data_pipelines.datasets import DataError
 from sdeseg_jax.models import networks
 from sdeseg_jax.stages import sde_pretrain
 from sdeseg_jax.training import checkpointing
+from sdeseg_jax.training import distributed
 from sdeseg_jax.training import sharding
 
 # role -> (SDE stage folder, model config key)
-SDE_OF_ROLE = {'target': ('sde', 'model')}
+SDE_OF_ROLE = {'target': ('sde', 'model'), 'source': ('sde_source', 'source_model')}
 
 
 def depth_dir(workdir: str, role: str) -> str:
@@ -77,6 +78,9 @@ def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: st
   for split, index in indices.items():
     todo = [i for i, example in enumerate(index.ids)
             if not os.path.exists(os.path.join(out, example + '.npy'))]
+    # All processes must list the same missing files before any of them writes some (else their
+    # batch counts differ and the collectives of the prediction hang).
+    distributed.barrier(f'depth labels {role}/{split}')
     if not todo:
       continue
     index = index.subset(todo).without_labels()

@@ -4,6 +4,8 @@ Phases A/B/C of the reference are configs of this one stage (config.sde): which 
 the crop, the learning rates and the feature-distance weight. Initialisation from converted ImageNet
 or reference-SDE weights, or from an earlier run, by config.sde.init. Output: <workdir>/sde/ckpt,
 TensorBoard logs in <workdir>/sde/logs and the final depth evaluation in <workdir>/sde/eval.json.
+The `sde_source` stage (run_source) is the same training for the source domain of domain adaptation
+(config.source_model, config.source_sde) into <workdir>/sde_source.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ def initial_variables(variables: dict, init: ml_collections.ConfigDict) -> dict:
 
 
 def create_state(config: ml_collections.ConfigDict, model: ml_collections.ConfigDict,
-                 network) -> train_state.TrainState:
-  """The initial train state (random init, then the configured pretrained weights)."""
-  sde = config.sde
+                 network, sde: ml_collections.ConfigDict | None = None) -> train_state.TrainState:
+  """The initial train state (random init, then the pretrained weights of sde.init; sde defaults
+  to config.sde)."""
+  sde = config.sde if sde is None else sde
   key = jax.random.key(config.seed)
   variables = jax.jit(lambda k: network.init(k, networks.example_input('sde', 1, 64, 64)))(key)
   variables = initial_variables(variables, sde.init)
@@ -168,9 +171,11 @@ def disparity_images(predict, variables, images: jax.Array) -> dict:
 
 
 def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
-              model: ml_collections.ConfigDict, directory: str) -> dict:
-  """Trains an SDE on the sequences of dataset `role`; returns the final depth evaluation."""
-  sde, entry = config.sde, config.data[role]
+              model: ml_collections.ConfigDict, sde: ml_collections.ConfigDict,
+              directory: str) -> dict:
+  """Trains an SDE (settings `sde`) on the sequences of dataset `role`; returns the final depth
+  evaluation."""
+  entry = config.data[role]
   resolution = tuple(entry.resolution)
   crop = tuple(sde.crop) if tuple(sde.crop) != (0, 0) else resolution
   mesh = sharding.make_mesh()
@@ -180,7 +185,7 @@ def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
   checkpointer = checkpointing.Checkpointer(
       os.path.join(directory, 'ckpt'), max_to_keep=sde.keep_checkpoints,
       save_interval_steps=sde.checkpoint_every)
-  state = sharding.replicate(create_state(config, model, network), mesh)
+  state = sharding.replicate(create_state(config, model, network, sde), mesh)
   state, resumed = checkpointer.restore_or_init(state)
   start = int(jax.device_get(state.step))
   writer = loop.create_writer(os.path.join(directory, 'logs'))
@@ -226,5 +231,16 @@ def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
-  train_sde(config, workdir, role='target', model=config.model,
+  """The target-domain SDE (config.model, config.sde) -> <workdir>/sde."""
+  train_sde(config, workdir, role='target', model=config.model, sde=config.sde,
             directory=os.path.join(workdir, 'sde'))
+
+
+def run_source(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """The source-domain SDE of domain adaptation (config.source_model, config.source_sde) on the
+  source video set -> <workdir>/sde_source."""
+  if not config.data.source.name:
+    raise ValueError('the sde_source stage trains on config.data.source, which names no dataset '
+                     '(set config.data.source.name, e.g. gta5)')
+  train_sde(config, workdir, role='source', model=config.source_model, sde=config.source_sde,
+            directory=os.path.join(workdir, 'sde_source'))

@@ -34,6 +34,7 @@ from sdeseg_jax.ops import mixing
 from sdeseg_jax.ops import segmentation
 from sdeseg_jax.stages import depth_labels
 from sdeseg_jax.stages import sde_pretrain
+from sdeseg_jax.stages import select_labels
 from sdeseg_jax.training import checkpointing
 from sdeseg_jax.training import loop
 from sdeseg_jax.training import optim
@@ -55,6 +56,19 @@ INIT_FROM_SDE = {
 }
 
 
+def uses_teacher(seg: ml_collections.ConfigDict) -> bool:
+  """Whether a mean teacher labels the mixing batch (Target- or Cross-Domain mixing)."""
+  return seg.mix != 'none' or (seg.source.enabled and seg.source.mix != 'none')
+
+
+def needs_depth_labels(seg: ml_collections.ConfigDict) -> dict[str, bool]:
+  """{role: whether the run reads that role's depth labels}: DepthMix without multi-task reads the
+  target's; Cross-Domain DepthMix and Matching Geometry Sampling read both domains'."""
+  adapt = seg.source.enabled and (seg.source.mix == 'depthmix' or seg.source.matching_geometry)
+  return {'target': adapt or (seg.mix == 'depthmix' and seg.network == 'transfer'),
+          'source': adapt}
+
+
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Fails before training on combinations that cannot work, saying what to change."""
   seg = config.segment
@@ -67,11 +81,35 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if seg.init == 'imagenet' and not seg.imagenet_encoder:
     raise ValueError('config.segment.init=imagenet needs config.segment.imagenet_encoder (a '
                      'checkpoint from python -m sdeseg_jax.weights.convert --from torchvision)')
-  if seg.mix == 'depthmix' and seg.network == 'transfer':
-    labels = depth_labels.depth_dir(workdir, 'target')
-    if not os.path.isdir(labels):
-      raise ValueError(f'DepthMix without multi-task reads depth labels from {labels}, which does '
-                       'not exist: run the depth_labels stage first (or set segment.network=mtl)')
+  cross = seg.source
+  if cross.enabled:
+    if not config.data.source.name:
+      raise ValueError('config.segment.source.enabled needs a source dataset: set '
+                       'config.data.source.name (e.g. gta5) and its root')
+    if cross.mix not in ('none', 'classmix', 'depthmix'):
+      raise ValueError(f'config.segment.source.mix={cross.mix!r}: expected none, classmix (DACS) '
+                       'or depthmix (Cross-Domain DepthMix)')
+    if cross.disparity not in ('reference', 'normalized'):
+      raise ValueError(f'config.segment.source.disparity={cross.disparity!r}: expected reference '
+                       '(raw source vs normalised target, as the reference) or normalized')
+    if cross.matching_geometry and cross.batch_size != seg.mix_batch_size:
+      raise ValueError(
+          f'Matching Geometry Sampling pairs each of the {seg.mix_batch_size} target crops of the '
+          f'mixing batch with one source crop: set config.segment.source.batch_size '
+          f'({cross.batch_size}) equal to config.segment.mix_batch_size')
+    if cross.matching_geometry and cross.candidates < 1:
+      raise ValueError(f'config.segment.source.candidates={cross.candidates}: need at least 1')
+  for role, needed in needs_depth_labels(seg).items():
+    labels = depth_labels.depth_dir(workdir, role)
+    if needed and not os.path.isdir(labels):
+      why = ('DepthMix without multi-task' if role == 'target' and not cross.enabled
+             else 'Cross-Domain DepthMix / Matching Geometry Sampling')
+      stage = 'run the depth_labels stage first' + (
+          " with config.depth_labels.roles including 'source' (after the sde_source stage)"
+          if role == 'source' else '')
+      raise ValueError(f'{why} reads {role} depth labels from {labels}, which does not exist: '
+                       f'{stage}' + (' (or set segment.network=mtl)' if why.startswith('DepthMix')
+                                     else ''))
 
 
 def sde_checkpoint(config, workdir: str) -> str:
@@ -95,7 +133,7 @@ def create_state(config, workdir: str, network) -> train_state.TrainState:
   params = variables['params']
   return train_state.TrainState.create(
       params=params, batch_stats=variables['batch_stats'], tx=optim.build(seg.optim, params),
-      rng=jax.random.key_data(jax.random.fold_in(key, 2)), ema=seg.mix != 'none')
+      rng=jax.random.key_data(jax.random.fold_in(key, 2)), ema=uses_teacher(seg))
 
 
 def forward(network, kind: str, params, batch_stats, x, *, train: bool, key, frames: bool):
@@ -126,57 +164,127 @@ def _sde_term(out: dict, batch: dict, key, sde: ml_collections.ConfigDict) -> ja
                       smoothness_weight=sde.smoothness)[0]
 
 
-def make_mixing(network, config: ml_collections.ConfigDict, num_classes: int):
-  """mix_inputs(student, teacher, stats, mix_batch, keys[5]) -> (mixed, stats).
+def teacher_distribution(network, config: ml_collections.ConfigDict, num_classes: int):
+  """teacher(teacher_params, stats, mix_batch, key) -> [B, H, W, C]: the mean teacher's softmax of
+  the unmixed, unaugmented mixing batch; labeled rows keep their ground truth as a one-hot
+  distribution (all zero at ignored pixels)."""
+  seg = config.segment
 
-  The teacher labels the unmixed batch (labeled rows keep their ground truth as a one-hot
-  distribution); the mask comes from the depth (DepthMix: depth labels, or under multi-task the
-  student's detached disparity, whose forward also gives the mixing batch's SDE loss) or the
-  teacher's classes (ClassMix); image b is mixed with image b+1 and strongly augmented.
+  def teacher(teacher_params, stats, mix_batch, key):
+    out, _ = forward(network, seg.network, jax.lax.stop_gradient(teacher_params), stats,
+                     mix_batch['image'], train=seg.teacher_train_mode, key=key, frames=False)
+    probs = jax.nn.softmax(jax.lax.stop_gradient(out['logits']), axis=-1)
+    truth = mixing.one_hot_targets(mix_batch['label'], num_classes)
+    return jnp.where(mix_batch['labeled'][:, None, None, None], truth, probs)
+
+  return teacher
+
+
+def make_mixing(network, config: ml_collections.ConfigDict):
+  """mix_inputs(student, probs, stats, mix_batch, keys[4]) -> (mixed, stats): Target-Domain mixing.
+
+  probs: the teacher distribution of the mixing batch (teacher_distribution). The mask comes from
+  the depth (DepthMix: depth labels, or under multi-task the student's detached disparity, whose
+  forward also gives the mixing batch's SDE loss) or the teacher's classes (ClassMix); image b is
+  mixed with image b+1 and strongly augmented.
   mixed = dict(images, pseudo [B, H, W], quality, mask [B, H, W, 1], sde_term).
   """
   seg, multitask = config.segment, config.segment.network == 'mtl'
 
-  def mix_inputs(student, teacher, stats, mix_batch, keys):
-    teacher_out, _ = forward(network, seg.network, jax.lax.stop_gradient(teacher), stats,
-                             mix_batch['image'], train=seg.teacher_train_mode, key=keys[0],
-                             frames=False)
-    probs = jax.nn.softmax(jax.lax.stop_gradient(teacher_out['logits']), axis=-1)
-    truth = mixing.one_hot_targets(mix_batch['label'], num_classes)
-    probs = jnp.where(mix_batch['labeled'][:, None, None, None], truth, probs)
+  def mix_inputs(student, probs, stats, mix_batch, keys):
     sde_term, disparity = jnp.zeros([]), mix_batch.get('depth')
     if multitask:
       out, stats = forward(network, seg.network, student, stats, mix_batch['frames'], train=True,
-                           key=keys[1], frames=True)
-      sde_term = _sde_term(out, mix_batch, keys[2], config.sde)
+                           key=keys[0], frames=True)
+      sde_term = _sde_term(out, mix_batch, keys[1], config.sde)
       disparity = jax.lax.stop_gradient(out['disp'][0])
     if seg.mix == 'depthmix':
       depth = mixing.normalize_disparity(disparity)
       mask = mixing.depthmix_mask(depth, mixing.pair_with_next(depth), seg.depthmix_margin)
     elif seg.mix == 'classmix':
-      mask = mixing.classmix_mask(jnp.argmax(probs, axis=-1), keys[3])
+      mask = mixing.classmix_mask(jnp.argmax(probs, axis=-1), keys[2])
     else:  # plain pseudo-labels: nothing is mixed
       mask = jnp.ones(probs.shape[:3] + (1,), jnp.float32)
     images = mixing.mix(mask, mix_batch['image'], mixing.pair_with_next(mix_batch['image']))
     pseudo, max_prob = mixing.pseudo_labels(mixing.mix(mask, probs, mixing.pair_with_next(probs)))
-    return dict(images=augment.strong_augment(keys[4], images), pseudo=pseudo, mask=mask,
+    return dict(images=augment.strong_augment(keys[3], images, **seg.strong_augment), pseudo=pseudo, mask=mask,
                 quality=mixing.pseudo_label_quality(max_prob, seg.quality_threshold),
                 sde_term=sde_term), stats
 
   return mix_inputs
 
 
+def match_geometry(candidates: dict, target_disparity: jax.Array, rows: tuple[int, int]
+                   ) -> tuple[dict, jax.Array]:
+  """Matching Geometry Sampling (SPEC 7): per target crop, the source candidate of least G.
+
+  Args:
+    candidates: a source batch of B * k rows; rows b*k .. b*k+k-1 are target crop b's candidates
+      (each has 'depth' [B*k, H, W, 1], its source SDE disparity).
+    target_disparity: [B, H, W, 1] the target crops' SDE disparity.
+    rows: (top, bottom) rows left out of G (sky artefacts, ego car).
+  Returns:
+    (the chosen source batch of B rows, G [B, k]).
+  """
+  batch = target_disparity.shape[0]
+  grouped = jax.tree.map(lambda x: x.reshape((batch, -1) + x.shape[1:]), candidates)
+  g = jax.vmap(lambda d: mixing.geometric_difference(target_disparity, d, *rows), in_axes=1,
+               out_axes=1)(grouped['depth'])
+  best = jnp.argmin(g, axis=1)
+  chosen = jax.tree.map(lambda x: x[jnp.arange(batch), best], grouped)
+  return chosen, g
+
+
+def make_cross_domain_mixing(config: ml_collections.ConfigDict):
+  """cross_inputs(source, probs, mix_batch, key) -> dict(images, labels [B, H, W],
+  weights [B, H, W], mask [B, H, W, 1], quality): Cross-Domain mixing of source crop b onto
+  target crop b (SPEC 7).
+
+  DepthMix: M = [d_src >= d_tgt - m] with m's sign flipped per pair with p = 0.5; ClassMix (DACS):
+  half of the classes of the source ground truth. Labels: source ground truth where M, else the
+  teacher's argmax (ground truth on labeled target rows); loss weight 1 on source pixels and the
+  target batch's pseudo-label quality q elsewhere. Strongly augmented like Target-Domain mixes.
+  """
+  seg, cross = config.segment, config.segment.source
+
+  def cross_inputs(source, probs, mix_batch, key):
+    margin_key, class_key, augment_key = jax.random.split(key, 3)
+    target_labels, max_prob = mixing.pseudo_labels(probs)
+    # Labeled target rows count as fully confident (the reference sets their max_probs to 1).
+    max_prob = jnp.where(mix_batch['labeled'][:, None, None], 1.0, max_prob)
+    quality = mixing.pseudo_label_quality(max_prob, seg.quality_threshold)
+    if cross.mix == 'depthmix':
+      target_depth = mixing.normalize_disparity(mix_batch['depth'])
+      # Reference: the source SDE's raw sigmoid disparity against the normalised target one.
+      source_depth = (source['depth'] if cross.disparity == 'reference'
+                      else mixing.normalize_disparity(source['depth']))
+      margin = (mixing.signed_margin(margin_key, seg.depthmix_margin, (target_depth.shape[0],))
+                if cross.margin_flip else seg.depthmix_margin)
+      mask = mixing.depthmix_mask(source_depth, target_depth, margin)
+    else:
+      mask = mixing.classmix_mask(source['label'], class_key)
+    images = mixing.mix(mask, source['image'], mix_batch['image'])
+    return dict(images=augment.strong_augment(augment_key, images, **seg.strong_augment), mask=mask, quality=quality,
+                labels=mixing.mix_labels(mask, source['label'], target_labels),
+                weights=mixing.cross_domain_pixel_weights(mask, quality))
+
+  return cross_inputs
+
+
 def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int):
-  """step(state, {'labeled': batch, 'mix': batch}) -> (state, metrics)."""
+  """step(state, {'labeled': batch[, 'mix': batch][, 'source': batch]}) -> (state, metrics)."""
   seg = config.segment
   multitask = seg.network == 'mtl'
-  mix_inputs = make_mixing(network, config, num_classes)
+  adapt = seg.source.enabled
+  teacher = teacher_distribution(network, config, num_classes)
+  mix_inputs = make_mixing(network, config)
+  cross_inputs = make_cross_domain_mixing(config)
 
   def run(params, stats, x, key, frames=False):
     return forward(network, seg.network, params, stats, x, train=True, key=key, frames=frames)
 
   def step(state, batch):
-    keys = jax.random.split(state.key, 9)
+    keys = jax.random.split(state.key, 12)
 
     def loss_fn(params):
       metrics = {}
@@ -191,8 +299,10 @@ def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int
         sde_term = _sde_term(out, labeled, keys[1], config.sde)
         metrics['loss/sde_labeled'] = sde_term
         loss = loss + seg.sde_weight * sde_term
+      if uses_teacher(seg):
+        probs = teacher(state.ema_params, stats, batch['mix'], keys[2])
       if seg.mix != 'none':
-        mixed, stats = mix_inputs(params, state.ema_params, stats, batch['mix'], keys[2:7])
+        mixed, stats = mix_inputs(params, probs, stats, batch['mix'], keys[3:7])
         out, stats = run(params, stats, mixed['images'], keys[7])
         unlabeled = segmentation.cross_entropy(out['logits'], mixed['pseudo'],
                                                reduction=seg.unlabeled_loss)
@@ -201,6 +311,27 @@ def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int
                         'mask_fraction': jnp.mean(mixed['mask'])})
         if multitask:
           metrics['loss/sde_mix'] = mixed['sde_term']
+      if adapt:
+        source = batch['source']
+        if seg.source.matching_geometry:
+          source, g = match_geometry(source, batch['mix']['depth'],
+                                     tuple(seg.source.geometry_rows))
+          metrics['matching_geometry/chosen_g'] = jnp.mean(jnp.min(g, axis=1))
+          metrics['matching_geometry/mean_g'] = jnp.mean(g)
+        out, stats = run(params, stats, source['image'], keys[8])
+        source_loss = segmentation_loss(out, source['label'])
+        metrics['loss/source'] = source_loss
+        loss = loss + source_loss
+        if seg.source.mix != 'none':
+          cross = cross_inputs(source, probs, batch['mix'], keys[9])
+          out, stats = run(params, stats, cross['images'], keys[10])
+          cross_loss = segmentation.cross_entropy(out['logits'], cross['labels'],
+                                                  weights=cross['weights'],
+                                                  reduction=seg.unlabeled_loss)
+          loss = loss + cross_loss
+          metrics.update({'loss/cross_domain': cross_loss,
+                          'cross_domain/source_fraction': jnp.mean(cross['mask']),
+                          'cross_domain/quality': cross['quality']})
       metrics['loss/total'] = loss
       return loss, (metrics, stats)
 
@@ -219,9 +350,11 @@ def colourise(train_ids: jax.Array) -> jax.Array:
 
 def make_summaries(network, config: ml_collections.ConfigDict, num_classes: int):
   """summaries(state, batch) -> TensorBoard images: predictions vs ground truth on the labeled
-  batch, and the mixing inputs, mask, augmented result and pseudo-labels."""
+  batch, the mixing inputs, mask, augmented result and pseudo-labels, and the cross-domain mixes."""
   seg = config.segment
-  mix_inputs = make_mixing(network, config, num_classes)
+  teacher = teacher_distribution(network, config, num_classes)
+  mix_inputs = make_mixing(network, config)
+  cross_inputs = make_cross_domain_mixing(config)
 
   def summaries(state, batch):
     labeled = batch['labeled']
@@ -230,15 +363,27 @@ def make_summaries(network, config: ml_collections.ConfigDict, num_classes: int)
     images = {'labeled/image': labeled['image'],
               'labeled/prediction': colourise(jnp.argmax(out['logits'], -1)),
               'labeled/ground_truth': colourise(labeled['label'])}
+    keys = jax.random.split(state.key, 6)
+    if uses_teacher(seg):
+      probs = teacher(state.ema_params, state.batch_stats, batch['mix'], keys[0])
     if seg.mix != 'none':
       mix_batch = batch['mix']
-      mixed, _ = mix_inputs(state.params, state.ema_params, state.batch_stats, mix_batch,
-                            jax.random.split(state.key, 5))
+      mixed, _ = mix_inputs(state.params, probs, state.batch_stats, mix_batch, keys[1:5])
       images.update({'mix/image': mix_batch['image'],
                      'mix/partner': mixing.pair_with_next(mix_batch['image']),
                      'mix/mask': jnp.repeat(mixed['mask'], 3, axis=-1),
                      'mix/mixed_augmented': mixed['images'],
                      'mix/pseudo_labels': colourise(mixed['pseudo'])})
+    if seg.source.enabled:
+      source = batch['source']
+      if seg.source.matching_geometry:
+        source, _ = match_geometry(source, batch['mix']['depth'], tuple(seg.source.geometry_rows))
+      images['source/image'] = source['image']
+      if seg.source.mix != 'none':
+        cross = cross_inputs(source, probs, batch['mix'], keys[5])
+        images.update({'cross/mask': jnp.repeat(cross['mask'], 3, axis=-1),
+                       'cross/mixed_augmented': cross['images'],
+                       'cross/labels': colourise(cross['labels'])})
     return images
 
   return summaries
@@ -279,24 +424,42 @@ def miou_report(matrix: np.ndarray, class_names) -> dict:
   return dict(miou=float(miou), iou={n: float(v) for n, v in zip(class_names, np.asarray(iou))})
 
 
-def training_indices(config, reader):
-  """(labeled index, mixing index) of the training split for the configured labels and mix."""
+def training_indices(config, reader, workdir: str = ''):
+  """(labeled index, mixing index) of the training split for the configured labels and mix
+  (workdir: where config.segment.selection='select_labels' finds the selection)."""
   seg = config.segment
   train = reader.segmentation('train')
   if seg.network == 'mtl':
     train = subsets.with_neighbours(train, reader.sequences('train'))
-  rows = subsets.labeled_rows(train, seg.labels, seed=config.seed, selection=seg.selection)
+  rows = subsets.labeled_rows(train, seg.labels, seed=config.seed,
+                              selection=select_labels.selection_file(seg.selection, workdir))
   labeled = train.subset(rows)
   everything = subsets.semi_supervised(train, rows)
   # ClassMix draws from the unlabeled images only; DepthMix and pseudo-labels from all of them.
   mix = everything.subset(np.flatnonzero(~everything.is_labeled)) if seg.mix == 'classmix' else (
       everything)
-  if seg.mix != 'none' and not len(mix):
+  if uses_teacher(seg) and not len(mix):
     raise DataError(f'config.segment.mix={seg.mix!r} needs unlabeled images, but all '
                     f'{len(train)} training images are labeled (config.segment.labels)')
   logging.info('segment: %d labeled of %d training images; mixing batch from %d', len(labeled),
                len(train), len(mix))
   return labeled, mix
+
+
+def source_batches(config, workdir: str, depth_dir: str, **options):
+  """The labeled source crops of domain adaptation: per step source.batch_size rows, or with
+  Matching Geometry Sampling `candidates` consecutive rows per target crop (the step picks one).
+  At the source's own resolution and without frames (no SDE loss on the source); options: crop,
+  seed, flip_prob, strict_labels, start_step of segmentation_batches."""
+  cross = config.segment.source
+  reader = sources.open_dataset(config.data.source, workdir, 'source')
+  index = reader.segmentation('train')
+  rows = cross.batch_size * (cross.candidates if cross.matching_geometry else 1)
+  logging.info('segment: %d source images (%s), %d per step', len(index), reader.root, rows)
+  return pipeline.segmentation_batches(
+      index, reader.label_spec, resolution=tuple(config.data.source.resolution),
+      sharding=pipeline.Sharding(rows, jax.process_index(), jax.process_count()), stream='source',
+      depth_dir=depth_dir, with_frames=False, **options)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -312,7 +475,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     sharding.check_global_batch(size, mesh)
   reader = sources.open_dataset(entry, workdir, 'target')
   network = networks.build(seg.network, config.model)
-  labeled, mix = training_indices(config, reader)
+  labeled, mix = training_indices(config, reader, workdir)
   checkpointer = checkpointing.Checkpointer(os.path.join(directory, 'ckpt'),
                                             max_to_keep=seg.keep_checkpoints,
                                             save_interval_steps=seg.checkpoint_every)
@@ -326,12 +489,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   streams = {'labeled': pipeline.segmentation_batches(
       labeled, reader.label_spec, sharding=pipeline.Sharding(seg.batch_size, *process),
       stream='labeled', **shared)}
-  if seg.mix != 'none':
-    depth = (depth_labels.depth_dir(workdir, 'target')
-             if seg.mix == 'depthmix' and seg.network == 'transfer' else '')
+  depth = {role: depth_labels.depth_dir(workdir, role) if needed else ''
+           for role, needed in needs_depth_labels(seg).items()}
+  if uses_teacher(seg) or (seg.source.enabled and seg.source.matching_geometry):
     streams['mix'] = pipeline.segmentation_batches(
         mix, reader.label_spec, sharding=pipeline.Sharding(seg.mix_batch_size, *process),
-        stream='mix', depth_dir=depth, **shared)
+        stream='mix', depth_dir=depth['target'], **shared)
+  if seg.source.enabled:
+    streams['source'] = source_batches(
+        config, workdir, depth['source'],
+        **{k: v for k, v in shared.items() if k not in ('resolution', 'with_frames')})
   batches = (dict(zip(streams, values)) for values in zip(*streams.values()))
 
   predict = sharding.jit_eval_step(make_predict_logits(network, seg.network), mesh)

@@ -1,0 +1,89 @@
+"""Method comparisons at demo size: one shared run (world, SDEs, depth labels), then a segment +
+evaluate run per (method, seed) initialised from it, and the validation mIoU over seeds.
+
+Used by benchmarks/ssl_comparison.py and benchmarks/ssda_comparison.py. Finished runs are skipped
+(the stages' done markers), so an interrupted comparison continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from benchmarks import common
+
+
+def run_main(config: str, workdir: str, *overrides: str) -> None:
+  """python -m sdeseg_jax.main --config=CONFIG --workdir=WORKDIR OVERRIDES..., failing loudly."""
+  command = [sys.executable, '-m', 'sdeseg_jax.main', f'--config={config}',
+             f'--workdir={workdir}', *overrides]
+  result = subprocess.run(command, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+                          capture_output=True, text=True, check=False)
+  if result.returncode:
+    raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
+
+
+def arguments(description: str, methods: dict, workdir: str) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument('--seeds', default='0,1')
+  parser.add_argument('--steps', type=int, default=1000)
+  parser.add_argument('--labels', type=int, default=4)
+  parser.add_argument('--sequences', type=int, default=160,
+                      help='snippets of the target (city) world; a fifth are held out for val')
+  parser.add_argument('--methods', default=','.join(methods))
+  parser.add_argument('--workdir', default=workdir)
+  parser.add_argument('--out', default='')
+  parser.add_argument('--override', action='append', default=[],
+                      help='extra config override for every segment run, e.g. '
+                           'segment.optim.groups.decoder.lr=0.05 (repeatable)')
+  return parser
+
+
+def compare(args, *, config: str, shared_stages: str, methods: dict[str, dict],
+            links: tuple[str, ...], checkpoints: dict[str, str], world: tuple[str, ...] = ()
+            ) -> dict:
+  """Runs the shared stages, then every (method, seed); returns {method: mean, std, runs}.
+
+  methods: name -> {config key under `config.`: value}; links: the shared run's folders each run
+  reads (symlinked); checkpoints: config key -> folder of the shared run (e.g. the SDE); world:
+  further overrides of the rendered worlds.
+  """
+  world = [f'--config.data.target.synthetic.sequences={args.sequences}', *world]
+  shared = os.path.abspath(os.path.join(args.workdir, 'shared'))
+  run_main(config, shared, *world, f'--config.stages={shared_stages}')
+  results = {}
+  for method in args.methods.split(','):
+    if method not in methods:
+      raise SystemExit(f'unknown method {method!r} (known: {", ".join(methods)})')
+    for seed in (int(s) for s in args.seeds.split(',')):
+      run = os.path.abspath(os.path.join(args.workdir, f'{method}_seed{seed}'))
+      os.makedirs(run, exist_ok=True)
+      for folder in links:
+        if not os.path.exists(os.path.join(run, folder)):
+          os.symlink(os.path.join(shared, folder), os.path.join(run, folder))
+      run_main(config, run, *world, '--config.stages=segment,evaluate', f'--config.seed={seed}',
+               *(f'--config.{k}={os.path.join(shared, v)}' for k, v in checkpoints.items()),
+               f'--config.segment.num_steps={args.steps}', f'--config.segment.labels={args.labels}',
+               '--config.segment.selection=',  # seeded random labeled subsets: methods differ only
+                                               # in how they train
+               *(f'--config.{k}={v}' for k, v in methods[method].items()),
+               *(f'--config.{o}' for o in args.override))
+      with open(os.path.join(run, 'eval.json')) as f:
+        results.setdefault(method, []).append(json.load(f)['miou'])
+      print(f'{method:14s} seed {seed}: mIoU {100 * results[method][-1]:.2f}', flush=True)
+  table = {m: dict(miou_mean=float(np.mean(v)), miou_std=float(np.std(v)), runs=v)
+           for m, v in results.items()}
+  for method, row in table.items():
+    print(f'{method:14s} {100 * row["miou_mean"]:6.2f} +- {100 * row["miou_std"]:.2f}')
+  return table
+
+
+def report(name: str, args, table: dict, **extra) -> None:
+  common.emit(dict(benchmark=name, steps=args.steps, labels=args.labels, sequences=args.sequences,
+                   overrides=args.override, seeds=args.seeds, machine=common.machine(),
+                   methods=table, **extra), args.out)

@@ -1,0 +1,115 @@
+"""The paper's SSDA comparison at demo size (game -> city): target-only vs source + target vs
+Target-Domain DepthMix vs Cross-Domain DepthMix vs both, over seeds; and whether Matching Geometry
+Sampling picks source views whose camera height is closer to the target's than random choice does.
+
+    python -m benchmarks.ssda_comparison [--seeds=0,1] [--steps=1000] [--labels=4]
+        [--sequences=160] [--workdir=DIR] [--out=FILE] [--override=KEY=VALUE ...]
+
+One shared run of configs/demo.py:ssda renders both worlds, trains both SDEs and writes the depth
+labels of both domains; every (method, seed) then runs segment + evaluate from that target SDE
+(benchmarks/comparison.py). The camera-height measurement uses the worlds' ground-truth cameras:
+for each target training image, `candidates` random source images are scored with the geometric
+difference G of their depth labels (the segment stage's criterion), and the height gap of the
+chosen one is compared with that of a random one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from benchmarks import comparison
+from configs import demo
+from data_pipelines import sources
+from data_pipelines.synthetic import layouts
+from sdeseg_jax.ops import mixing
+from sdeseg_jax.stages import depth_labels
+
+_TRANSFER = {'segment.network': 'transfer', 'segment.source.matching_geometry': False}
+METHODS = {
+    'target_only': dict(_TRANSFER, **{'segment.mix': 'none', 'segment.source.enabled': False}),
+    'source+target': dict(_TRANSFER, **{'segment.mix': 'none', 'segment.source.mix': 'none'}),
+    'tdm': dict(_TRANSFER, **{'segment.mix': 'depthmix', 'segment.source.mix': 'none'}),
+    'cdm': dict(_TRANSFER, **{'segment.mix': 'none', 'segment.source.mix': 'depthmix'}),
+    'cdm+tdm': dict(_TRANSFER, **{'segment.mix': 'depthmix', 'segment.source.mix': 'depthmix'}),
+    'cdm+tdm+mg': dict(_TRANSFER, **{'segment.mix': 'depthmix', 'segment.source.mix': 'depthmix',
+                                     'segment.source.matching_geometry': True}),
+}
+
+
+def camera_heights(raw_root: str) -> dict[str, float]:
+  """{image path relative to the dataset root, without extension: camera height in metres} from a
+  synthetic world's ground truth."""
+  gt = os.path.join(raw_root, layouts.GT_DIR)
+  with open(os.path.join(gt, 'images.json')) as f:
+    entries = json.load(f)
+  heights, snippets = {}, {}
+  for relpath, entry in entries.items():
+    if entry['snippet'] not in snippets:
+      with open(os.path.join(gt, entry['snippet'])) as f:
+        snippets[entry['snippet']] = json.load(f)['camera']['height_m']
+    heights[os.path.splitext(relpath)[0]] = snippets[entry['snippet']]
+  return heights
+
+
+def matching_geometry_heights(shared: str, config, candidates: int = 5, draws: int = 4,
+                              seed: int = 0) -> dict:
+  """Mean |camera height of the source view - target's| for MGS's choice vs a random candidate."""
+  rng = np.random.default_rng(seed)
+  rows = tuple(config.segment.source.geometry_rows)
+  indices, heights = {}, {}
+  for role in ('target', 'source'):
+    entry = config.data[role]
+    reader = sources.open_dataset(entry, shared, role)
+    indices[role] = reader.segmentation('train')
+    all_heights = camera_heights(sources.roots(entry, shared, role)[0])
+    heights[role] = np.array([all_heights[os.path.splitext(os.path.relpath(p, reader.root))[0]]
+                              for p in indices[role].images])
+
+  def disparity(role, i):
+    return np.load(os.path.join(depth_labels.depth_dir(shared, role),
+                                indices[role].ids[i] + '.npy'))[None, ..., None]
+
+  source_disparity = np.concatenate([disparity('source', i)
+                                     for i in range(len(indices['source']))])
+  chosen_gap, random_gap = [], []
+  for t in range(len(indices['target'])):
+    target = disparity('target', t)
+    for _ in range(draws):
+      picks = rng.choice(len(indices['source']), candidates, replace=False)
+      g = np.asarray(mixing.geometric_difference(np.repeat(target, candidates, 0),
+                                                 source_disparity[picks], *rows))
+      chosen_gap.append(abs(heights['source'][picks[np.argmin(g)]] - heights['target'][t]))
+      random_gap.append(abs(heights['source'][picks[0]] - heights['target'][t]))
+  return dict(candidates=candidates, pairs=len(chosen_gap),
+              mean_height_gap_chosen_m=float(np.mean(chosen_gap)),
+              mean_height_gap_random_m=float(np.mean(random_gap)),
+              target_height_mean_m=float(np.mean(heights['target'])),
+              source_height_mean_m=float(np.mean(heights['source'])))
+
+
+def main() -> None:
+  parser = comparison.arguments(__doc__.splitlines()[0], METHODS, 'workdirs/ssda_comparison')
+  parser.add_argument('--source_sequences', type=int, default=100,
+                      help='snippets of the source (game) world: its training images are 4/5')
+  args = parser.parse_args()
+  table = comparison.compare(
+      args, config='configs/demo.py:ssda',
+      shared_stages='data,sde_pretrain,sde_source,depth_labels', methods=METHODS,
+      links=('raw', 'data', 'depth'), checkpoints={'segment.sde_checkpoint': 'sde/ckpt'},
+      world=(f'--config.data.source.synthetic.sequences={args.source_sequences}',
+             f'--config.data.source.val_count={args.source_sequences // 5}'))
+  config = demo.get_config('ssda')
+  config.data.target.synthetic.sequences = args.sequences
+  config.data.source.synthetic.sequences = args.source_sequences
+  config.data.source.val_count = args.source_sequences // 5
+  geometry = matching_geometry_heights(os.path.abspath(os.path.join(args.workdir, 'shared')),
+                                       config)
+  print(json.dumps(geometry, indent=2))
+  comparison.report('ssda_comparison', args, table, matching_geometry=geometry)
+
+
+if __name__ == '__main__':
+  main()
