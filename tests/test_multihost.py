@@ -52,7 +52,7 @@ COMMON = [
     '--config.segment.batch_size=4', '--config.segment.mix_batch_size=4',
     '--config.segment.eval_batch_size=4', '--config.segment.checkpoint_every=2',
     '--config.segment.log_every=2', '--config.segment.eval_every=0',
-    '--config.segment.images_every=0',
+    '--config.segment.images_every=0', '--config.segment.selection=',  # a random labeled subset
 ]
 
 
