@@ -40,27 +40,13 @@ config=${1:?$usage}
 workdir=${2:?$usage}
 shift 2
 
-# Quotes words for a POSIX shell: plain words as they are, others in single quotes.
-quote_words() {
-  local word out=()
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$word")
-    else
-      out+=("'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s\n' "${out[*]}"
-}
-
-# Prints a command, shell-quoted, or runs it.
-run() {
-  if [[ $dry_run == 1 ]]; then
-    quote_words "$@"
-  else
-    "$@"
-  fi
-}
+# Inside the allocation this is sbatch's spool copy: common.sh comes from the repository
+# (SDESEG_REPO or the current folder) there, from beside this script otherwise.
+for common in "$(dirname "$0")/common.sh" "${SDESEG_REPO:-.}/launch/common.sh"; do
+  [[ -f $common ]] && break
+done
+# shellcheck source=launch/common.sh
+source "$common"
 
 if [[ $in_allocation == 1 ]]; then
   # sbatch runs a copy of this script from its spool folder: the repository comes from the

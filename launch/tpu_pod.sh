@@ -46,27 +46,8 @@ workdir=${2:?$usage}
 shift 2
 cd "$(dirname "$0")/.."
 
-# Quotes words for a POSIX shell: plain words as they are, others in single quotes.
-quote_words() {
-  local word out=()
-  for word in "$@"; do
-    if [[ $word =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-      out+=("$word")
-    else
-      out+=("'${word//\'/\'\\\'\'}'")
-    fi
-  done
-  printf '%s\n' "${out[*]}"
-}
-
-# Prints a command, shell-quoted, or runs it.
-run() {
-  if [[ $dry_run == 1 ]]; then
-    quote_words "$@"
-  else
-    "$@"
-  fi
-}
+# shellcheck source=launch/common.sh
+source launch/common.sh
 
 where=(--zone="$zone")
 [[ -n $project ]] && where+=(--project="$project")

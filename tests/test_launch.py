@@ -45,8 +45,9 @@ def _python(script: str, *args) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize('name', SCRIPTS)
 def test_shellcheck(name):
-  result = subprocess.run([_shellcheck(), '--severity=style', os.path.join(LAUNCH, name)],
-                          capture_output=True, text=True)
+  # -x: follow `source launch/common.sh` (paths relative to the repository root).
+  result = subprocess.run([_shellcheck(), '-x', '--severity=style', os.path.join(LAUNCH, name)],
+                          capture_output=True, text=True, cwd=REPO)
   assert result.returncode == 0, result.stdout
 
 
