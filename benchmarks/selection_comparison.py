@@ -25,24 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 
 from benchmarks import common
+from benchmarks import comparison
 
 INITIAL = {'ds_us': 'diversity', 'ds': 'diversity', 'us': 'random', 'entropy': 'random',
            'random': 'random'}
 
 
 def _main(workdir: str, *overrides: str) -> None:
-  command = [sys.executable, '-m', 'sdeseg_jax.main', '--config=configs/demo.py',
-             f'--workdir={workdir}', *overrides]
-  result = subprocess.run(command, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
-                          capture_output=True, text=True, check=False)
-  if result.returncode:
-    raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
+  comparison.run_main('configs/demo.py', workdir, *overrides)
 
 
 def _linked_run(shared: str, path: str) -> str:
