@@ -11,7 +11,8 @@ construction (a truck in ~12% of the snippets, a bus in ~10%):
 
     python -m benchmarks.selection_comparison [--sequences=160] [--sizes=4,8,16]
         [--student_steps=300,300] [--methods=ds_us,ds,us,random] [--seeds=0,1]
-        [--segment --labels=4 --segment_steps=1000 --segment_methods=ds_us,random]
+        [--segment --labels=4 --segment_steps=1000 --segment_methods=ds_us,random
+         --segment_override=segment.mix=none ...]
         [--shared=DIR] [--workdir=DIR] [--out=FILE]
 
 One shared run of configs/demo.py renders the world, trains the SDE and writes depth labels (or
@@ -89,6 +90,9 @@ def main() -> None:
   parser.add_argument('--labels', type=int, default=4)
   parser.add_argument('--segment_steps', type=int, default=1000)
   parser.add_argument('--segment_methods', default='ds_us,random')
+  parser.add_argument('--segment_override', action='append', default=[],
+                      help='config override of every segment run, e.g. segment.mix=none '
+                           '(repeatable; the default trains the demo\'s multi-task + DepthMix)')
   parser.add_argument('--shared', default='')
   parser.add_argument('--workdir', default='workdirs/selection_comparison')
   parser.add_argument('--out', default='')
@@ -154,16 +158,19 @@ def main() -> None:
 
   # (b) Segmentation on the first --labels selected images.
   segmentation = {}
+  # Runs with overrides are named by them, so that they never reuse another configuration's run.
+  suffix = ''.join('_' + o.replace('segment.', '').replace('=', '-') for o in args.segment_override)
   if args.segment:
     for method in args.segment_methods.split(','):
       for seed in seeds:
         run = _linked_run(shared, os.path.abspath(os.path.join(
-            args.workdir, f'segment_{method}_seed{seed}_labels{args.labels}')))
+            args.workdir, f'segment_{method}_seed{seed}_labels{args.labels}{suffix}')))
         _main(run, *world, '--config.stages=segment,evaluate', f'--config.seed={seed}',
               f'--config.segment.selection={selections[(method, seed)]}',
               f'--config.segment.labels={args.labels}',
               f'--config.segment.num_steps={args.segment_steps}',
-              f'--config.segment.sde_checkpoint={os.path.join(shared, "sde", "ckpt")}')
+              f'--config.segment.sde_checkpoint={os.path.join(shared, "sde", "ckpt")}',
+              *(f'--config.{o}' for o in args.segment_override))
         with open(os.path.join(run, 'eval.json')) as f:
           segmentation.setdefault(method, []).append(json.load(f)['miou'])
         print(f'segment on {method:8s} seed {seed}: mIoU {100 * segmentation[method][-1]:.2f}',
@@ -179,7 +186,8 @@ def main() -> None:
       rare_classes={names[c]: dict(pixel_frequency=float(whole[c]),
                                    images=int((counts[:, c] > 0).sum())) for c in rare},
       class_frequency_ratio=table, random_reference=random_reference,
-      segmentation=dict(labels=args.labels, steps=args.segment_steps, methods=segmentation)
+      segmentation=dict(labels=args.labels, steps=args.segment_steps,
+                        overrides=args.segment_override, methods=segmentation)
       if args.segment else None), args.out)
 
 

@@ -39,55 +39,72 @@ METHODS = {
 }
 
 
-def camera_heights(raw_root: str) -> dict[str, float]:
-  """{image path relative to the dataset root, without extension: camera height in metres} from a
-  synthetic world's ground truth."""
+def camera_poses(raw_root: str) -> dict[str, tuple[float, float]]:
+  """{image path relative to the dataset root, without extension: (camera height in metres, pitch
+  in degrees, positive = looking up)} from a synthetic world's ground truth."""
   gt = os.path.join(raw_root, layouts.GT_DIR)
   with open(os.path.join(gt, 'images.json')) as f:
     entries = json.load(f)
-  heights, snippets = {}, {}
+  poses, snippets = {}, {}
   for relpath, entry in entries.items():
     if entry['snippet'] not in snippets:
       with open(os.path.join(gt, entry['snippet'])) as f:
-        snippets[entry['snippet']] = json.load(f)['camera']['height_m']
-    heights[os.path.splitext(relpath)[0]] = snippets[entry['snippet']]
-  return heights
+        camera = json.load(f)['camera']
+      snippets[entry['snippet']] = (camera['height_m'], camera['pitch_deg'])
+    poses[os.path.splitext(relpath)[0]] = snippets[entry['snippet']]
+  return poses
 
 
 def matching_geometry_heights(shared: str, config, candidates: int = 5, draws: int = 4,
-                              seed: int = 0) -> dict:
-  """Mean |camera height of the source view - target's| for MGS's choice vs a random candidate."""
+                              seed: int = 0, disparities: str = 'depth_labels',
+                              max_source_pitch_deg: float | None = None) -> dict:
+  """Mean |camera height of the source view - target's| for MGS's choice vs a random candidate.
+
+  disparities: what G compares — 'depth_labels' (the SDEs' disparities, what the segment stage
+  uses; each SDE has its own unknown scale) or 'ground_truth' (1 / the world's metric depth).
+  max_source_pitch_deg: draw candidates only among source views pitched at most this much (the
+  target cameras are level): the game world's cameras also pitch down by up to 15 degrees, which
+  brings the road nearer just as a lower camera does, so over all views G trades height for pitch.
+  """
   rng = np.random.default_rng(seed)
   rows = tuple(config.segment.source.geometry_rows)
-  indices, heights = {}, {}
+  indices, heights, pitches, stems = {}, {}, {}, {}
   for role in ('target', 'source'):
     entry = config.data[role]
     reader = sources.open_dataset(entry, shared, role)
     indices[role] = reader.segmentation('train')
-    all_heights = camera_heights(sources.roots(entry, shared, role)[0])
-    heights[role] = np.array([all_heights[os.path.splitext(os.path.relpath(p, reader.root))[0]]
-                              for p in indices[role].images])
+    raw_root = sources.roots(entry, shared, role)[0]
+    poses = camera_poses(raw_root)
+    relpaths = [os.path.relpath(p, reader.root) for p in indices[role].images]
+    heights[role], pitches[role] = np.array([poses[os.path.splitext(r)[0]] for r in relpaths]).T
+    stems[role] = [os.path.join(raw_root, layouts.groundtruth_stem(r)) for r in relpaths]
 
   def disparity(role, i):
+    if disparities == 'ground_truth':
+      return 1.0 / np.load(stems[role][i] + '_depth.npy')[None, ..., None]
     return np.load(os.path.join(depth_labels.depth_dir(shared, role),
                                 indices[role].ids[i] + '.npy'))[None, ..., None]
 
-  source_disparity = np.concatenate([disparity('source', i)
-                                     for i in range(len(indices['source']))])
+  pool = np.arange(len(indices['source']))
+  if max_source_pitch_deg is not None:
+    pool = pool[np.abs(pitches['source']) <= max_source_pitch_deg]
+  source_disparity = {i: disparity('source', i) for i in pool}
   chosen_gap, random_gap = [], []
   for t in range(len(indices['target'])):
     target = disparity('target', t)
     for _ in range(draws):
-      picks = rng.choice(len(indices['source']), candidates, replace=False)
+      picks = rng.choice(pool, candidates, replace=False)
       g = np.asarray(mixing.geometric_difference(np.repeat(target, candidates, 0),
-                                                 source_disparity[picks], *rows))
+                                                 np.concatenate([source_disparity[i] for i in picks]),
+                                                 *rows))
       chosen_gap.append(abs(heights['source'][picks[np.argmin(g)]] - heights['target'][t]))
       random_gap.append(abs(heights['source'][picks[0]] - heights['target'][t]))
-  return dict(candidates=candidates, pairs=len(chosen_gap),
+  return dict(disparities=disparities, max_source_pitch_deg=max_source_pitch_deg,
+              source_views=len(pool), candidates=candidates, pairs=len(chosen_gap),
               mean_height_gap_chosen_m=float(np.mean(chosen_gap)),
               mean_height_gap_random_m=float(np.mean(random_gap)),
               target_height_mean_m=float(np.mean(heights['target'])),
-              source_height_mean_m=float(np.mean(heights['source'])))
+              source_height_mean_m=float(np.mean(heights['source'][pool])))
 
 
 def main() -> None:
@@ -105,8 +122,9 @@ def main() -> None:
   config.data.target.synthetic.sequences = args.sequences
   config.data.source.synthetic.sequences = args.source_sequences
   config.data.source.val_count = args.source_sequences // 5
-  geometry = matching_geometry_heights(os.path.abspath(os.path.join(args.workdir, 'shared')),
-                                       config)
+  shared = os.path.abspath(os.path.join(args.workdir, 'shared'))
+  geometry = [matching_geometry_heights(shared, config, disparities=d, max_source_pitch_deg=p)
+              for p in (None, 2.0) for d in ('depth_labels', 'ground_truth')]
   print(json.dumps(geometry, indent=2))
   comparison.report('ssda_comparison', args, table, matching_geometry=geometry)
 
