@@ -18,6 +18,25 @@ def peak_rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def matmul_peak_flops(dtype: str = 'float32', repeats: int = 5) -> float:
+  """The device's measured matmul rate, FLOP/s: the best of `repeats` square matmuls (2048 on CPU,
+  8192 on accelerators), the yardstick of "fraction of peak" in the step benchmarks."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+  n = 2048 if jax.default_backend() == 'cpu' else 8192
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.dtype(dtype))
+  matmul = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(matmul(a))
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(matmul(a))
+    best = min(best, time.perf_counter() - start)
+  return 2.0 * n ** 3 / best
+
+
 def emit(report: dict, out: str = '') -> None:
   """Prints the report as JSON and, when `out` is set, writes it there too."""
   text = json.dumps(report, indent=2)

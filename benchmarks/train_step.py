@@ -5,6 +5,9 @@
     python -m benchmarks.train_step --stage=segment:mtl+depthmix --config=configs/ssl_cityscapes.py \
         --batch=2          # also segment:transfer, segment:transfer+pseudo, segment:transfer+depthmix
     python -m benchmarks.train_step --stage=ssda --config=configs/ssda_gta.py --batch=2
+    python -m benchmarks.train_step --stage=student --config=configs/select_cityscapes.py
+    python -m benchmarks.train_step --stage=inference:mtl --config=configs/ssl_cityscapes.py \
+        --size=2048x1024 --batch=1     # also inference:transfer (evaluation mode, no gradients)
         # the full SSDA step of the config: labeled target, source (Matching Geometry candidates
         # included), Cross- and Target-Domain DepthMix, multi-task
 
@@ -85,9 +88,47 @@ def segment_setup(config, batch: int, width: int, height: int, row: str | None):
   return state, step, batches
 
 
+def student_setup(config, batch: int, width: int, height: int):
+  """(state, step, batch) of the data-selection depth student (ResNet50 + dec9 + BN, berHu, Adam)."""
+  import ml_collections
+  from sdeseg_jax.stages import select_labels
+  network = select_labels.student_network(config, 'depth')
+  optim_config = ml_collections.ConfigDict(config.select.student.optim.to_dict())
+  optim_config.schedule.total_steps = max(config.select.student_steps)
+  student = ml_collections.ConfigDict(config.select.student.to_dict())
+  student.init_encoder = ''   # random weights: the step's cost does not depend on them
+  state = select_labels.create_student_state(student, optim_config, network, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  low = rng.uniform(0.01, 0.05, size=(batch,)).astype(np.float32)
+  return state, select_labels.make_depth_student_step(network), dict(
+      image=rng.uniform(size=(batch, height, width, 3)).astype(np.float32),
+      depth=rng.uniform(0.05, 1.0, size=(batch, height, width, 1)).astype(np.float32),
+      disp_low=low, disp_high=low + 1.0)
+
+
+def inference_setup(config, batch: int, width: int, height: int, kind: str):
+  """(variables, step, batch) of whole-image inference in evaluation mode (running BN statistics)
+  of the transfer or the multi-task segmentation network, as the evaluate stage and predict run it.
+  The "step" returns the variables unchanged and the logits' mean as its 'loss/total'."""
+  import jax.numpy as jnp
+  from sdeseg_jax.models import networks
+  network = networks.build(kind, config.model)
+  variables = networks.init_variables(kind, config.model, jax.random.key(0))
+  method = 'segment' if kind == 'mtl' else None
+
+  def step(variables, batch):
+    out = network.apply(variables, batch['image'], method=method)
+    return variables, {'loss/total': jnp.mean(out['logits'])}
+  rng = np.random.default_rng(0)
+  return variables, step, dict(image=rng.uniform(size=(batch, height, width, 3)).astype(np.float32))
+
+
 STAGES = {'sde': sde_setup, 'ssda': lambda c, b, w, h: segment_setup(c, b, w, h, None),
+          'student': student_setup,
           **{f'segment:{row}': (lambda row: lambda c, b, w, h: segment_setup(c, b, w, h, row))(row)
-             for row in SEGMENT_ROWS}}
+             for row in SEGMENT_ROWS},
+          **{f'inference:{kind}': (lambda kind: lambda c, b, w, h: inference_setup(c, b, w, h, kind))(kind)
+             for kind in ('transfer', 'mtl')}}
 
 
 def main() -> None:
@@ -140,6 +181,7 @@ def main() -> None:
   flops = float(cost.get('flops', 0.0))
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
+  peak = common.matmul_peak_flops(args.dtype)
   common.emit(dict(
       benchmark='train_step', stage=args.stage, config=args.config, overrides=args.set,
       batch=args.batch,
@@ -148,6 +190,7 @@ def main() -> None:
       step_ms_median=1e3 * median, step_ms_max=1e3 * times[-1],
       images_per_s=args.batch / median, flops_per_step=flops,
       tflops_per_s=flops / median / 1e12 if flops else None,
+      matmul_peak_tflops_per_s=peak / 1e12, peak_fraction=flops / median / peak if flops else None,
       xla_temp_mib=getattr(memory, 'temp_size_in_bytes', 0) / 2**20,
       xla_argument_mib=getattr(memory, 'argument_size_in_bytes', 0) / 2**20,
       device_peak_mib=stats.get('peak_bytes_in_use', 0) / 2**20 or None,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from sdeseg_jax.models import decoder, networks, padnet, pose, resnet
+from sdeseg_jax.models import decoder, layers, networks, padnet, pose, resnet
 
 KEY = jax.random.key(0)
 
@@ -164,3 +164,38 @@ def test_summary_table_totals():
   text = summary.summarise(base.get_config(), 'mtl', depth=1)
   assert 'pad ' in text and 'pose ' in text
   assert text.splitlines()[-1].split()[1:] == ['99,722,230', '121,088']
+
+
+@pytest.mark.parametrize('k,stride,dilation', [(3, 1, 1), (3, 2, 1), (3, 1, 2), (7, 2, 1), (1, 1, 1)])
+def test_cpu_convolution_matches_xla_convolution_and_its_gradients(k, stride, dilation):
+  """The CPU path (im2col matmuls with a hand-written backward pass) against XLA's convolution
+  op, values and both gradients, and against a float64 NumPy convolution."""
+  rng = np.random.default_rng(k * 10 + stride + dilation)
+  x = rng.normal(size=(2, 13, 11, 5)).astype(np.float32)
+  kernel = rng.normal(size=(k, k, 5, 4)).astype(np.float32)
+  cotangent = rng.normal(size=layers.conv_valid_native(x, kernel, stride, dilation).shape)
+
+  def loss(fn):
+    return jax.jit(jax.value_and_grad(
+        lambda x, w: jnp.sum(fn(x, w, stride, dilation) * cotangent), argnums=(0, 1)))(x, kernel)
+  value, (dx, dw) = loss(layers.conv_valid_cpu)
+  expected_value, (expected_dx, expected_dw) = loss(layers.conv_valid_native)
+  np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+  np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(dw, expected_dw, rtol=1e-4, atol=1e-4)
+  # Forward in float64 NumPy, straight from the definition.
+  out = np.asarray(layers.conv_valid(x, kernel, stride, dilation))
+  reference = np.zeros(out.shape)
+  for i in range(k):
+    for j in range(k):
+      view = x[:, i * dilation::stride, j * dilation::stride][:, :out.shape[1], :out.shape[2]]
+      reference += np.einsum('bhwc,cf->bhwf', view.astype(np.float64), kernel[i, j])
+  np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_lowering_has_no_convolution_op():
+  """conv_valid picks the im2col path when lowered for CPU (XLA's convolution elsewhere)."""
+  x, kernel = jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(layers.conv_valid(x, w, 1, 1)), argnums=(0, 1)))
+  hlo = grad.lower(x, kernel).compile().as_text()
+  assert ' convolution(' not in hlo and ' dot(' in hlo

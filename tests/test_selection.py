@@ -67,6 +67,22 @@ def test_farthest_point_selection_equals_brute_force(case):
   np.testing.assert_allclose(np.asarray(terms), expected_terms, rtol=1e-5, atol=1e-5)
 
 
+def test_farthest_point_selection_from_many_initial_points():
+  """More initial points than one distance matmul takes (ops.selection.INITIAL_CHUNK): the chunks
+  and the padding of the last one."""
+  from sdeseg_jax.ops import selection
+  rng = np.random.default_rng(7)
+  n, d = 400, 12
+  centres = rng.normal(0, 4, (8, d))
+  features = (centres[rng.integers(0, 8, n)] + rng.normal(0, 1, (n, d))).astype(np.float32)
+  initial = rng.choice(n, 2 * selection.INITIAL_CHUNK + 5, replace=False)
+  scores = rng.uniform(0, 1, n).astype(np.float32)
+  chosen, terms = ops.farthest_point_selection_with_distances(features, initial, 20, scores, 2.0)
+  expected, expected_terms = brute_force_fps(features, initial, 20, scores, 2.0)
+  np.testing.assert_array_equal(np.asarray(chosen), expected)
+  np.testing.assert_allclose(np.asarray(terms), expected_terms, rtol=1e-5, atol=1e-5)
+
+
 def test_scores_change_the_choice_and_dominate_with_a_large_weight():
   rng = np.random.default_rng(0)
   features = rng.normal(size=(40, 6)).astype(np.float32)

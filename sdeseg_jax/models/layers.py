@@ -6,11 +6,16 @@ torch's OIHW transposed) whatever the execution path:
   and would break weight compatibility), zero or reflection;
 - 1x1 convolutions as matmuls over channels: on XLA:CPU they ran about twice as fast as the
   equivalent convolution in a ResNet101 train step (measured here), and on accelerators they are
-  the same dot.
+  the same dot;
+- on CPU, k x k convolutions and their gradients as matmuls over the k*k shifted views of the
+  input (im2col): XLA:CPU's convolution kernels run far below its matmul speed, its
+  kernel-gradient ones above all (profiles in BENCHMARKS.md); GPUs and TPUs keep the native
+  convolution (cuDNN / the MXU's), chosen per platform when the step is lowered.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -66,15 +71,74 @@ class Conv(nn.Module):
       if pad:
         mode = {'zeros': 'constant', 'reflect': 'reflect'}[self.padding_mode]
         x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode=mode)
-      y = jax.lax.conv_general_dilated(
-          x, kernel, window_strides=(self.stride, self.stride), padding='VALID',
-          rhs_dilation=(self.dilation, self.dilation),
-          dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = conv_valid(x, kernel, self.stride, self.dilation)
     if self.use_bias:
       bias = self.param('bias', torch_default_bias(in_features * k * k), (self.features,),
                         jnp.float32)
       y = y + bias.astype(self.dtype)
     return y
+
+
+def conv_valid_native(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+  """Unpadded convolution by XLA's convolution op. x [B, H, W, C], kernel [k, k, C, F] ->
+  [B, (H - d(k-1) - 1) // s + 1, (W - ...) // s + 1, F]."""
+  return jax.lax.conv_general_dilated(x, kernel, window_strides=(stride, stride), padding='VALID',
+                                      rhs_dilation=(dilation, dilation),
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+def _patches(x: jax.Array, k: int, stride: int, dilation: int) -> jax.Array:
+  """The k*k strided, dilated views of x side by side over channels: [B, H', W', k*k*C], in the
+  order (kernel row, kernel column, channel) of a [k, k, C, F] kernel's first three axes."""
+  b, h, w, channels = x.shape
+  out_h = (h - dilation * (k - 1) - 1) // stride + 1
+  out_w = (w - dilation * (k - 1) - 1) // stride + 1
+  return jnp.concatenate(
+      [jax.lax.slice(x, (0, i * dilation, j * dilation, 0),
+                     (b, i * dilation + stride * (out_h - 1) + 1,
+                      j * dilation + stride * (out_w - 1) + 1, channels), (1, stride, stride, 1))
+       for i in range(k) for j in range(k)], axis=-1)
+
+
+def conv_valid_im2col(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+  """The same convolution as one matmul: the patches [B, H', W', k*k*C] times the kernel as a
+  [k*k*C, F] matrix."""
+  k, _, channels, features = kernel.shape
+  return _patches(x, k, stride, dilation) @ kernel.reshape(k * k * channels, features)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_valid_cpu(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+  """conv_valid as it runs fastest on XLA:CPU (profiles in BENCHMARKS.md): im2col matmuls forward
+  and backward. XLA:CPU's own convolutions ran at 0.05-5 GFLOP/s for kernel gradients (whose
+  window is the whole image) and for few output channels (the disparity heads), and were most of
+  the step. Only x and the kernel are kept for the backward pass, which rebuilds the patches: plain
+  autodiff of conv_valid_im2col would keep them, k*k times the input's memory per layer."""
+  return conv_valid_im2col(x, kernel, stride, dilation)
+
+
+def _conv_valid_cpu_forward(x, kernel, stride, dilation):
+  return conv_valid_im2col(x, kernel, stride, dilation), (x, kernel)
+
+
+def _conv_valid_cpu_backward(stride, dilation, residuals, dy):
+  x, kernel = residuals
+  k, _, channels, features = kernel.shape
+  patches, patches_vjp = jax.vjp(lambda x: _patches(x, k, stride, dilation), x)
+  matrix = kernel.reshape(k * k * channels, features)
+  d_kernel = patches.reshape(-1, k * k * channels).T @ dy.reshape(-1, features)
+  d_x = patches_vjp(dy @ matrix.T)[0]    # the patches' transpose: pad and add the k*k views
+  return d_x, d_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+conv_valid_cpu.defvjp(_conv_valid_cpu_forward, _conv_valid_cpu_backward)
+
+
+def conv_valid(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
+  """Unpadded convolution: conv_valid_cpu when lowered for CPU, XLA's convolution elsewhere."""
+  return jax.lax.platform_dependent(
+      x, kernel, cpu=lambda x, kernel: conv_valid_cpu(x, kernel, stride, dilation),
+      default=lambda x, kernel: conv_valid_native(x, kernel, stride, dilation))
 
 
 class BatchNorm(nn.Module):
