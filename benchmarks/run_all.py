@@ -176,15 +176,22 @@ def main() -> None:
   args = parser.parse_args()
   device = device_kind()
   names = args.only.split(',') if args.only else [*STEPS, *OTHERS]
+  failed = []
   if not args.render_only:
     for name in names:
       for framework in args.frameworks.split(','):
         if framework == 'torch' and name not in STEPS:
           continue   # JAX-only workloads: the input pipelines are tf.data, selection is ours
-        run_workload(name, framework, args, result_file(args.results, name, framework, device))
+        try:
+          run_workload(name, framework, args, result_file(args.results, name, framework, device))
+        except RuntimeError as error:   # one failing row must not lose the others
+          print(error, file=sys.stderr, flush=True)
+          failed.append(f'{name} ({framework})')
   table = render(args.results, device)
   print(table)
   write_markdown(args.markdown, table)
+  if failed:
+    raise SystemExit(f'failed: {", ".join(failed)}')
 
 
 if __name__ == '__main__':

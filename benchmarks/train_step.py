@@ -195,7 +195,7 @@ def main() -> None:
       xla_argument_mib=getattr(memory, 'argument_size_in_bytes', 0) / 2**20,
       device_peak_mib=stats.get('peak_bytes_in_use', 0) / 2**20 or None,
       peak_rss_mib=common.peak_rss_mib(),
-      loss=float(metrics['loss/total'])), args.out)
+      loss=float(metrics.get('loss/total', metrics.get('loss/berhu')))), args.out)
 
 
 if __name__ == '__main__':
