@@ -27,7 +27,7 @@ test: install
 	$(PY) -m pytest -q tests/test_multihost.py
 
 benchmark: install
-	$(PY) -m benchmarks.input_pipeline
+	$(PY) -m benchmarks.run_all
 
 clean:
 	rm -rf $(DEMO_WORKDIR) .cache .pytest_cache

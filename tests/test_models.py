@@ -193,9 +193,17 @@ def test_cpu_convolution_matches_xla_convolution_and_its_gradients(k, stride, di
   np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4)
 
 
-def test_cpu_lowering_has_no_convolution_op():
-  """conv_valid picks the im2col path when lowered for CPU (XLA's convolution elsewhere)."""
+def test_cpu_convolution_switch(monkeypatch):
+  """SDESEG_CPU_CONVOLUTION=im2col lowers conv_valid and its gradients to matmuls on CPU; the
+  default keeps XLA's convolution; anything else is refused by name."""
   x, kernel = jnp.ones((1, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
-  grad = jax.jit(jax.grad(lambda x, w: jnp.sum(layers.conv_valid(x, w, 1, 1)), argnums=(0, 1)))
-  hlo = grad.lower(x, kernel).compile().as_text()
-  assert ' convolution(' not in hlo and ' dot(' in hlo
+
+  def hlo():
+    grad = jax.jit(jax.grad(lambda x, w: jnp.sum(layers.conv_valid(x, w, 1, 1)), argnums=(0, 1)))
+    return grad.lower(x, kernel).compile().as_text()
+  assert ' convolution(' in hlo()
+  monkeypatch.setenv(layers.CPU_CONVOLUTION_ENV, 'im2col')
+  assert ' convolution(' not in hlo() and ' dot(' in hlo()
+  monkeypatch.setenv(layers.CPU_CONVOLUTION_ENV, 'winograd')
+  with pytest.raises(ValueError, match='SDESEG_CPU_CONVOLUTION=.winograd'):
+    hlo()

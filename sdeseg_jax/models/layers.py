@@ -7,16 +7,17 @@ torch's OIHW transposed) whatever the execution path:
 - 1x1 convolutions as matmuls over channels: on XLA:CPU they ran about twice as fast as the
   equivalent convolution in a ResNet101 train step (measured here), and on accelerators they are
   the same dot;
-- on CPU, k x k convolutions and their gradients as matmuls over the k*k shifted views of the
-  input (im2col): XLA:CPU's convolution kernels run far below its matmul speed, its
-  kernel-gradient ones above all (profiles in BENCHMARKS.md); GPUs and TPUs keep the native
-  convolution (cuDNN / the MXU's), chosen per platform when the step is lowered.
+- on CPU, optionally (SDESEG_CPU_CONVOLUTION=im2col), k x k convolutions and their gradients as
+  matmuls over the k*k shifted views of the input (im2col): XLA:CPU's convolution kernels run far
+  below its matmul speed, its kernel-gradient ones above all, but the patches cost memory
+  (profiles and figures in BENCHMARKS.md); GPUs and TPUs always keep the native convolution.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any
 
 import flax.linen as nn
@@ -134,8 +135,25 @@ def _conv_valid_cpu_backward(stride, dilation, residuals, dy):
 conv_valid_cpu.defvjp(_conv_valid_cpu_forward, _conv_valid_cpu_backward)
 
 
+# The CPU convolution: 'native' (XLA's convolution op) or 'im2col' (conv_valid_cpu). Read when a
+# step is traced. im2col ran the full-size multi-task network's forward + backward 17% faster on a
+# 2-core CPU but needed 3.4x XLA's temporary memory (15 vs 4.5 GB; a whole multi-task + DepthMix
+# train step then asked for 31 GB): an opt-in for CPU hosts with memory to spare (BENCHMARKS.md).
+CPU_CONVOLUTION_ENV = 'SDESEG_CPU_CONVOLUTION'
+
+
+def cpu_convolution() -> str:
+  value = os.environ.get(CPU_CONVOLUTION_ENV, 'native')
+  if value not in ('native', 'im2col'):
+    raise ValueError(f'{CPU_CONVOLUTION_ENV}={value!r}: expected native or im2col')
+  return value
+
+
 def conv_valid(x: jax.Array, kernel: jax.Array, stride: int, dilation: int) -> jax.Array:
-  """Unpadded convolution: conv_valid_cpu when lowered for CPU, XLA's convolution elsewhere."""
+  """Unpadded convolution: XLA's convolution op, or on CPU with SDESEG_CPU_CONVOLUTION=im2col
+  conv_valid_cpu (chosen per platform when the step is lowered)."""
+  if cpu_convolution() == 'native':
+    return conv_valid_native(x, kernel, stride, dilation)
   return jax.lax.platform_dependent(
       x, kernel, cpu=lambda x, kernel: conv_valid_cpu(x, kernel, stride, dilation),
       default=lambda x, kernel: conv_valid_native(x, kernel, stride, dilation))
