@@ -57,7 +57,7 @@ def compare(args, *, config: str, shared_stages: str, methods: dict[str, dict],
   shared = os.path.abspath(os.path.join(args.workdir, 'shared'))
   run_main(config, shared, *world, f'--config.stages={shared_stages}')
   results = {}
-  for method in args.methods.split(','):
+  for method in filter(None, args.methods.split(',')):   # --methods= : the shared run only
     if method not in methods:
       raise SystemExit(f'unknown method {method!r} (known: {", ".join(methods)})')
     for seed in (int(s) for s in args.seeds.split(',')):

@@ -5,12 +5,16 @@ Sampling picks source views whose camera height is closer to the target's than r
     python -m benchmarks.ssda_comparison [--seeds=0,1] [--steps=1000] [--labels=4]
         [--sequences=160] [--workdir=DIR] [--out=FILE] [--override=KEY=VALUE ...]
 
+`--methods=` (empty) measures the camera heights only.
+
 One shared run of configs/demo.py:ssda renders both worlds, trains both SDEs and writes the depth
 labels of both domains; every (method, seed) then runs segment + evaluate from that target SDE
 (benchmarks/comparison.py). The camera-height measurement uses the worlds' ground-truth cameras:
 for each target training image, `candidates` random source images are scored with the geometric
-difference G of their depth labels (the segment stage's criterion), and the height gap of the
-chosen one is compared with that of a random one.
+difference G of their depth labels (the segment stage's criterion) or of the ground-truth
+disparities, and the height gap of the chosen one is compared with that of a random one — over all
+source views, and over the level ones only (the game world's cameras also pitch down by up to 15
+degrees, which G matches as much as height).
 """
 
 from __future__ import annotations

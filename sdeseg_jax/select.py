@@ -14,19 +14,14 @@ import json
 import logging
 import os
 import shutil
-import sys
 
 from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 
-from sdeseg_jax import stages
+from sdeseg_jax import cli
 from sdeseg_jax.stages import select_labels
-from sdeseg_jax.training import checkpointing
-from sdeseg_jax.training import loop
-
-PREEMPTED_EXIT_CODE = 143   # as sdeseg_jax.main: preempted after saving, run again to continue
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -45,22 +40,14 @@ def required_stages(select) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.getLogger().setLevel(logging.INFO)
-  for handler in logging.getLogger().handlers:
-    handler.addFilter(checkpointing.QuietOrbax())
+  cli.configure_logging()
   config = _CONFIG.value
-  if config.compilation_cache_dir:
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.compilation_cache_dir))
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  cli.configure_compilation_cache(config.compilation_cache_dir)
   select_labels.check_config(config.select)
   config.stages = ','.join(required_stages(config.select))
   logging.info('Selecting with %s in %s, stages: %s', config.select.method, _WORKDIR.value,
                config.stages)
-  try:
-    stages.run_stages(config, _WORKDIR.value)
-  except loop.Preempted as e:
-    logging.warning('%s', e)
-    sys.exit(PREEMPTED_EXIT_CODE)
+  cli.run_stages(config, _WORKDIR.value)
   if jax.process_index() == 0:
     out = os.path.abspath(_OUT.value)
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -70,14 +57,5 @@ def main(argv):
     print(f'{count} images to annotate, in order: {out}')
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a bad config override reported in one line instead of a traceback."""
-  try:
-    return flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    sys.exit(f'FATAL invalid flag, config or override: {message}')
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)
