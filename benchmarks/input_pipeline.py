@@ -79,17 +79,10 @@ def main() -> None:
                          examples_per_s_min=float(np.min(runs)),
                          examples_per_s_max=float(np.max(runs)))
     print(f'{name:24s} {results[name]["examples_per_s_median"]:8.1f} examples/s', flush=True)
-  report = dict(benchmark='input_pipeline', device='cpu', host=platform.node(),
-                cpu_count=os.cpu_count(), resolution=list(resolution), crop=list(crop),
-                batch=args.batch, steps=args.steps, repeats=args.repeats,
-                image_format=args.image_format,
-                peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                pipelines=results)
-  text = json.dumps(report, indent=2)
-  print(text)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text + '\n')
+  common.emit(dict(benchmark='input_pipeline', device='cpu', machine=common.machine(),
+                   resolution=list(resolution), crop=list(crop), batch=args.batch,
+                   steps=args.steps, repeats=args.repeats, image_format=args.image_format,
+                   peak_rss_mib=common.peak_rss_mib(), pipelines=results), args.out)
 
 
 if __name__ == '__main__':

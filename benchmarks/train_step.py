@@ -1,6 +1,6 @@
 """Train-step time, compile time and memory of a stage's jitted step at full size, as JSON.
 
-    python -m benchmarks.train_step --stage=sde [--config=configs/sde_cityscapes.py] [--batch=4]
+    python -m benchmarks.train_step --stage=sde [--config=configs/sde_cityscapes.py:C] [--batch=4]
         [--size=512x512] [--repeats=3] [--dtype=float32] [--out=FILE]
     python -m benchmarks.train_step --stage=segment:mtl+depthmix --config=configs/ssl_cityscapes.py \
         --batch=2          # also segment:transfer, segment:transfer+pseudo, segment:transfer+depthmix
@@ -29,12 +29,12 @@ from benchmarks import common
 
 
 def load_config(path: str):
-  """configs/x.py or configs/x.py:variant -> its get_config(variant)."""
+  """configs/x.py or configs/x.py:variant -> its get_config(variant) (its default without one)."""
   path, _, variant = path.partition(':')
   spec = importlib.util.spec_from_file_location('benchmark_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  return module.get_config(variant) if variant else module.get_config()
 
 
 def sde_setup(config, batch: int, width: int, height: int):
@@ -134,7 +134,7 @@ STAGES = {'sde': sde_setup, 'ssda': lambda c, b, w, h: segment_setup(c, b, w, h,
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--stage', default='sde', choices=sorted(STAGES))
-  parser.add_argument('--config', default='configs/sde_cityscapes.py')
+  parser.add_argument('--config', default='configs/sde_cityscapes.py:C')
   parser.add_argument('--batch', type=int, default=4)
   parser.add_argument('--size', default='512x512', help='WIDTHxHEIGHT')
   parser.add_argument('--repeats', type=int, default=3)
