@@ -40,10 +40,7 @@ METHODS = {
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   values = ssl_cityscapes.parse_variant(arg, ('method', 'labels', 'seed'),
                                         'configs/select_cityscapes.py')
-  method = values.get('method', 'ds_us')
-  if method not in METHODS:
-    raise ValueError(f'configs/select_cityscapes.py: unknown method {method!r} (known: '
-                     f'{", ".join(METHODS)})')
+  method = ssl_cityscapes.method_of(values, METHODS, 'ds_us', 'configs/select_cityscapes.py')
   config = base.get_config()
   config.stages = 'data,sde_pretrain,depth_labels,select_labels,segment,evaluate'
   config.seed = int(values.get('seed', 0))

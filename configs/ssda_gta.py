@@ -44,10 +44,8 @@ def domain_adaptation_config(config: ml_collections.ConfigDict, source: str, arg
                              experiment: str) -> ml_collections.ConfigDict:
   """The SSDA stages and method rows on `config` with source dataset `source` (gta5 | synthia)."""
   values = ssl_cityscapes.parse_variant(arg, VARIANT_KEYS, f'configs/{experiment}.py')
-  method = values.get('method', 'ours_no_selection')
-  if method not in METHODS:
-    raise ValueError(f'configs/{experiment}.py: unknown method {method!r} (known: '
-                     f'{", ".join(METHODS)})')
+  method = ssl_cityscapes.method_of(values, METHODS, 'ours_no_selection',
+                                    f'configs/{experiment}.py')
   config.stages = 'data,sde_pretrain,sde_source,depth_labels,segment,evaluate'
   config.seed = int(values.get('seed', 0))
   config.data.source = base.dataset_config(source)

@@ -40,12 +40,17 @@ def parse_variant(arg: str, keys=('labels', 'method', 'seed', 'selection'),
   return values
 
 
+def method_of(values: dict[str, str], methods: dict, default: str, where: str) -> str:
+  """The variant's method (default when it names none); an unknown one fails naming the known."""
+  method = values.get('method', default)
+  if method not in methods:
+    raise ValueError(f'{where}: unknown method {method!r} (known: {", ".join(methods)})')
+  return method
+
+
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   values = parse_variant(arg)
-  method = values.get('method', 'ours_no_selection')
-  if method not in METHODS:
-    raise ValueError(f'configs/ssl_cityscapes.py: unknown method {method!r} (known: '
-                     f'{", ".join(METHODS)})')
+  method = method_of(values, METHODS, 'ours_no_selection', 'configs/ssl_cityscapes.py')
   config = base.get_config()
   config.stages = 'data,sde_pretrain,depth_labels,segment,evaluate'
   config.seed = int(values.get('seed', 0))

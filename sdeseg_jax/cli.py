@@ -17,17 +17,15 @@ from sdeseg_jax.training import loop
 PREEMPTED_EXIT_CODE = 143
 
 
-def configure_logging() -> None:
-  """INFO logging without Orbax's per-save chatter."""
+def start(config) -> None:
+  """Process set-up of an entry point: INFO logging without Orbax's per-save chatter, and the
+  persistent compilation cache of config.compilation_cache_dir (a tiny model's rerun: 18 s -> 4 s
+  here; '' disables it)."""
   logging.getLogger().setLevel(logging.INFO)
   for handler in logging.getLogger().handlers:
     handler.addFilter(checkpointing.QuietOrbax())
-
-
-def configure_compilation_cache(directory: str) -> None:
-  """Persists compiled XLA programs across processes (a tiny model's rerun: 18 s -> 4 s here)."""
-  if directory:
-    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(directory))
+  if config.compilation_cache_dir:
+    jax.config.update('jax_compilation_cache_dir', os.path.expanduser(config.compilation_cache_dir))
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 

@@ -38,9 +38,8 @@ _PROCESS_ID = flags.DEFINE_integer(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  cli.configure_logging()
   config = _CONFIG.value
-  cli.configure_compilation_cache(config.compilation_cache_dir)
+  cli.start(config)
   # Before anything touches a device: initialising a backend first makes initialize() fail.
   distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
                          num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)

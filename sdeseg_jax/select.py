@@ -40,9 +40,8 @@ def required_stages(select) -> list[str]:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  cli.configure_logging()
   config = _CONFIG.value
-  cli.configure_compilation_cache(config.compilation_cache_dir)
+  cli.start(config)
   select_labels.check_config(config.select)
   config.stages = ','.join(required_stages(config.select))
   logging.info('Selecting with %s in %s, stages: %s', config.select.method, _WORKDIR.value,

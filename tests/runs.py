@@ -1,4 +1,5 @@
-"""Helpers for tests that run stages in extra workdirs beside one tiny run, and check resumption."""
+"""Helpers for tests that run stages: the tiny demo config, extra workdirs beside one tiny run, and
+exact resumption."""
 
 from __future__ import annotations
 
@@ -8,8 +9,20 @@ import shutil
 import jax
 import numpy as np
 
+from configs import demo
 from sdeseg_jax import stages
 from sdeseg_jax.training import checkpointing
+
+# The persistent compilation cache all tests share (also set for this process in conftest.py).
+CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.cache',
+                     'xla_tests')
+
+
+def tiny_config():
+  """configs/demo.py:tiny with the tests' compilation cache."""
+  config = demo.get_config('tiny')
+  config.compilation_cache_dir = CACHE
+  return config
 
 
 def linked_run(workdir: str, name: str, links=('data', 'depth', 'raw')) -> str:

@@ -17,14 +17,14 @@ from configs import demo
 from sdeseg_jax import stages
 from sdeseg_jax.stages import sde_pretrain
 from sdeseg_jax.training import checkpointing
+from tests import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.path.join(REPO, '.cache', 'xla_tests')
+CACHE = runs.CACHE
 
 
 def _tiny(**sde):
-  config = demo.get_config('tiny')
-  config.compilation_cache_dir = CACHE
+  config = runs.tiny_config()
   config.sde.update(sde)
   return config
 

@@ -8,32 +8,19 @@ import numpy as np
 import pytest
 
 from configs import base
-from configs import demo
 from sdeseg_jax import stages
 from sdeseg_jax.models import networks
 from sdeseg_jax.stages import segment
 from sdeseg_jax.training import optim
 from tests import runs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.path.join(REPO, '.cache', 'xla_tests')
-
-
-def _tiny():
-  config = demo.get_config('tiny')
-  config.compilation_cache_dir = CACHE
-  return config
+_tiny = runs.tiny_config
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
+def workdir(tiny_demo):
   """The whole tiny method: data, SDE, depth labels, multi-task + DepthMix, evaluation."""
-  path = str(tmp_path_factory.mktemp('segment'))
-  config = _tiny()
-  config.lock()
-  assert stages.run_stages(config, path) == ['data', 'sde_pretrain', 'depth_labels',
-                                             'select_labels', 'segment', 'evaluate']
-  return path
+  return tiny_demo[1]
 
 
 def test_multitask_depthmix_trains_and_evaluates(workdir):

@@ -19,9 +19,10 @@ from sdeseg_jax import ops
 from sdeseg_jax import stages
 from sdeseg_jax.stages import select_labels
 from sdeseg_jax.training import checkpointing
+from tests import runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CACHE = os.path.join(REPO, '.cache', 'xla_tests')
+CACHE = runs.CACHE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,21 +261,13 @@ def test_select_cityscapes_variants_are_the_table_rows():
 # ---------------------------------------------------------------------------------------------
 # The stage on the tiny demo.
 
-def _tiny():
-  config = demo.get_config('tiny')
-  config.compilation_cache_dir = CACHE
-  return config
+_tiny = runs.tiny_config
 
 
 @pytest.fixture(scope='module')
-def demo_run(tmp_path_factory):
+def demo_run(tiny_demo):
   """The whole tiny demo: data, SDE, depth labels, selection, segmentation on it, evaluation."""
-  workdir = str(tmp_path_factory.mktemp('select'))
-  config = _tiny()
-  config.lock()
-  assert stages.run_stages(config, workdir) == ['data', 'sde_pretrain', 'depth_labels',
-                                                'select_labels', 'segment', 'evaluate']
-  return config, workdir
+  return tiny_demo
 
 
 def _run_dir(workdir, name, **select):
