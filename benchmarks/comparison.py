@@ -28,10 +28,12 @@ def run_main(config: str, workdir: str, *overrides: str) -> None:
     raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
 
 
-def arguments(description: str, methods: dict, workdir: str) -> argparse.ArgumentParser:
+def arguments(description: str, methods: dict, workdir: str, steps: int = 1000
+              ) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument('--seeds', default='0,1')
-  parser.add_argument('--steps', type=int, default=1000)
+  parser.add_argument('--steps', type=int, default=steps,
+                      help='segment steps of every (method, seed) run')
   parser.add_argument('--labels', type=int, default=4)
   parser.add_argument('--sequences', type=int, default=160,
                       help='snippets of the target (city) world; a fifth are held out for val')
