@@ -2,7 +2,8 @@
 evaluate run per (method, seed) initialised from it, and the validation mIoU over seeds.
 
 Used by benchmarks/ssl_comparison.py and benchmarks/ssda_comparison.py. Finished runs are skipped
-(the stages' done markers), so an interrupted comparison continues where it stopped.
+(the stages' done markers), so an interrupted comparison continues where it stopped; on SIGTERM the running stage is stopped the way a preemption stops it
+(checkpoint, then exit).
 """
 
 from __future__ import annotations
@@ -10,22 +11,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 
 import numpy as np
 
 from benchmarks import common
+from sdeseg_jax import cli
 
 
 def run_main(config: str, workdir: str, *overrides: str) -> None:
   """python -m sdeseg_jax.main --config=CONFIG --workdir=WORKDIR OVERRIDES..., failing loudly."""
   command = [sys.executable, '-m', 'sdeseg_jax.main', f'--config={config}',
              f'--workdir={workdir}', *overrides]
-  result = subprocess.run(command, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
-                          capture_output=True, text=True, check=False)
-  if result.returncode:
-    raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
+  process = subprocess.Popen(command, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    _, stderr = process.communicate()
+  except BaseException:
+    # Stopped (SIGTERM, Ctrl-C): the run saves a checkpoint on SIGTERM. Keep reading its output
+    # until it exits: with nobody reading, its next log line would kill it before the save.
+    process.terminate()
+    process.communicate()
+    raise
+  if process.returncode:
+    raise RuntimeError(f'{" ".join(command)} failed:\n{stderr[-3000:]}')
 
 
 def arguments(description: str, methods: dict, workdir: str, steps: int = 1000
@@ -55,6 +66,8 @@ def compare(args, *, config: str, shared_stages: str, methods: dict[str, dict],
   reads (symlinked); checkpoints: config key -> folder of the shared run (e.g. the SDE); world:
   further overrides of the rendered worlds.
   """
+  # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, through run_main's stop of the running stage.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(cli.PREEMPTED_EXIT_CODE))
   world = [f'--config.data.target.synthetic.sequences={args.sequences}', *world]
   shared = os.path.abspath(os.path.join(args.workdir, 'shared'))
   run_main(config, shared, *world, f'--config.stages={shared_stages}')
