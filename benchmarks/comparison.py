@@ -2,8 +2,8 @@
 evaluate run per (method, seed) initialised from it, and the validation mIoU over seeds.
 
 Used by benchmarks/ssl_comparison.py and benchmarks/ssda_comparison.py. Finished runs are skipped
-(the stages' done markers), so an interrupted comparison continues where it stopped; on SIGTERM the running stage is stopped the way a preemption stops it
-(checkpoint, then exit).
+(the stages' done markers), so an interrupted comparison continues where it stopped; on SIGTERM the
+running stage is stopped the way a preemption stops it (checkpoint, then exit).
 """
 
 from __future__ import annotations
