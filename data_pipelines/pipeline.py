@@ -146,16 +146,6 @@ def _check_depth(path: str, resolution: tuple[int, int]) -> None:
                            f'float32 ({resolution[1]}, {resolution[0]})')
 
 
-def _store_of(index: common.ExampleIndex) -> common.FileStore | None:
-  """The storage all rows of `index` are read from (None: the file system)."""
-  stores = {id(store): store for store in index.storage}
-  if len(stores) > 1:
-    where = ', '.join(sorted({'files' if s is None else type(s).__name__ for s in stores.values()}))
-    raise common.DataError(f'the index mixes rows of {len(stores)} storages ({where}), e.g. '
-                           f'{index.images[0]}; a pipeline reads from one')
-  return next(iter(stores.values()), None)
-
-
 def _content_key(column: str) -> str:
   return f'contents/{column}'
 
@@ -170,7 +160,7 @@ class _Contents:
   """
 
   def __init__(self, index: common.ExampleIndex, columns: tuple[str, ...]):
-    self.store = _store_of(index)
+    self.store = index.store
     self._index, self._columns = index, columns
     self._paths = {c: tf.constant(getattr(index, c)) for c in columns}
 

@@ -2,6 +2,7 @@
 same indices and batches as the folder backend, selected by config, and clear errors for missing or
 stale shards."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ from data_pipelines import sources
 from data_pipelines import subsets
 from data_pipelines import tfds_backend
 from data_pipelines.datasets import common
+from sdeseg_jax.stages import data as data_stage
 
 ROLES = ('target', 'source')  # the demo's Cityscapes and GTA5 (VIPER video) layouts
 COLUMNS = ('ids', 'images', 'labels', 'prev_frames', 'next_frames')
@@ -84,6 +86,22 @@ def test_config_selects_the_backend_and_the_indices_are_the_folder_indices(world
           getattr(shards, kind)(split)
 
 
+@contextlib.contextmanager
+def _prepared_trees_hidden(world):
+  """Moves both roles' prepared trees away for the block, so that no file of them can be read."""
+  config, workdir = world
+  hidden = {}
+  try:
+    for role in ROLES:
+      root = sources.roots(config.data[role], workdir, role)[1]
+      hidden[root] = root + '.hidden'
+      os.rename(root, hidden[root])
+    yield
+  finally:
+    for root, away in hidden.items():
+      os.rename(away, root)
+
+
 def test_tfds_batches_equal_folder_batches_with_the_tree_gone(world):
   """Every pipeline yields exactly the folder backend's batches from the shards alone: the prepared
   tree is moved away while the tfds pipelines run, so no file of it can be read."""
@@ -120,22 +138,32 @@ def test_tfds_batches_equal_folder_batches_with_the_tree_gone(world):
   (folder_target, tfds_target), (folder_source, tfds_source) = (_readers(world, r) for r in ROLES)
   expected = {k: _collect(v) for k, v in pipelines(folder_target, folder_source).items()}
   tfds_pipelines = pipelines(tfds_target, tfds_source)  # indices checked against the tree here
-  hidden = {}
-  try:
-    for role in ROLES:
-      root = sources.roots(config.data[role], workdir, role)[1]
-      hidden[root] = root + '.hidden'
-      os.rename(root, hidden[root])
+  with _prepared_trees_hidden(world):
     got = {k: _collect(v) for k, v in tfds_pipelines.items()}
-  finally:
-    for root, away in hidden.items():
-      os.rename(away, root)
   for name in expected:
     _assert_batches_equal(expected[name], got[name])
   assert {'image', 'label', 'labeled', 'intrinsics', 'frames'} <= set(got['segmentation'][0])
   assert not got['segmentation'][0]['labeled'].all() or not got['segmentation'][1]['labeled'].all()
   assert not got['validation'][-1]['valid'].all()
   assert {'frames', 'frames_aug', 'intrinsics'} <= set(got['sde_target'][0])
+
+
+def test_data_summary_from_the_shards_alone_equals_the_folder_summary(world):
+  """The data stage's summary (class frequencies read from the label maps) on a machine that has
+  only the shards: read through the store, equal to the summary of the prepared tree."""
+  config, workdir = world
+  for role in ROLES:
+    folder, _ = _readers(world, role)
+    expected = data_stage.summarise(config.data[role], folder, max_labels=100, workers=2)
+    with _prepared_trees_hidden(world):  # opened here, the shards are not checked against a tree
+      shards = sources.open_dataset(config.data[role], workdir, role)
+      got = data_stage.summarise(config.data[role], shards, max_labels=100, workers=2)
+    for key in ('class_frequencies', 'intrinsics', 'classes'):
+      assert got[key] == expected[key], key
+    assert got['class_frequencies']['(label maps scanned)'] > 0
+    # absent splits give their reason in the shards' words; the sizes are the tree's
+    assert {k: v for k, v in got['splits'].items() if isinstance(v, int)} == {
+        k: v for k, v in expected['splits'].items() if isinstance(v, int)}
 
 
 def test_shards_are_plain_tfds_datasets(world):

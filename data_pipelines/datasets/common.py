@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import glob
+import io
 import json
 import os
 import re
@@ -154,6 +155,17 @@ class ExampleIndex:
     return self.labels != ''
 
   @property
+  def store(self) -> 'FileStore | None':
+    """The storage all rows are read from (None: the file system); mixed storages are an error."""
+    stores = {id(store): store for store in self.storage}
+    if len(stores) > 1:
+      where = ', '.join(sorted({'files' if s is None else type(s).__name__
+                                for s in stores.values()}))
+      raise DataError(f'the index mixes rows of {len(stores)} storages ({where}), e.g. '
+                      f'{self.images[0]}; a pipeline reads from one')
+    return next(iter(stores.values()), None)
+
+  @property
   def is_triplet(self) -> np.ndarray:
     return (self.prev_frames != '') & (self.next_frames != '')
 
@@ -236,15 +248,19 @@ def trailing_number(stem: str, source: str) -> tuple[str, int]:
   return match.group(1), int(match.group(2))
 
 
-def decode_label_png(path: str) -> np.ndarray:
-  """[H, W] uint8 raw ids of a grayscale or palette PNG (a palette PNG's pixels are its indices)."""
+def decode_label_png(path: str, store: FileStore | None = None) -> np.ndarray:
+  """[H, W] uint8 raw ids of a grayscale or palette PNG (a palette PNG's pixels are its indices),
+  read from the file system or, given one, from the FileStore that holds `path`."""
+  name, source = path, path
+  if store is not None:  # a path the store lacks raises its DataError here
+    name, source = f'{path} ({store.describe(path)})', io.BytesIO(store.read([('labels', path)])[0])
   try:
-    with Image.open(path) as image:
+    with Image.open(source) as image:
       if image.mode not in ('L', 'P'):
-        raise DataError(f'{path}: label map has mode {image.mode}, expected grayscale or palette ids')
+        raise DataError(f'{name}: label map has mode {image.mode}, expected grayscale or palette ids')
       return np.array(image, np.uint8)
   except (OSError, SyntaxError) as e:
-    raise DataError(f'{path}: unreadable label map ({e})') from e
+    raise DataError(f'{name}: unreadable label map ({e})') from e
 
 
 class Reader(abc.ABC):

@@ -44,10 +44,10 @@ def class_frequencies(index: common.ExampleIndex, spec: common.LabelSpec, max_la
   if not len(labels):
     return {}
   labels = labels[np.unique(np.linspace(0, len(labels) - 1, min(max_labels, len(labels))).astype(int))]
-  lookup = spec.lookup_table()
+  lookup, store = spec.lookup_table(), index.store
 
   def count(path):
-    ids = common.decode_label_png(path)
+    ids = common.decode_label_png(path, store)
     invalid = spec.invalid_ids(ids)
     if invalid:
       raise common.DataError(f'{path}: label ids {invalid} are not ids of this dataset')
