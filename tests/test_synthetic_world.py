@@ -5,6 +5,7 @@ labels, depth, poses, intrinsics) in the formats docs/synthetic_world.md documen
 objects.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from data_pipelines.synthetic import __main__ as cli
 from data_pipelines.synthetic import labels
 from data_pipelines.synthetic import load_groundtruth
 from data_pipelines.synthetic import render_world
+from data_pipelines.synthetic import scene
 
 FAR = 1000.0
 GT = 'sdeseg_groundtruth'
@@ -213,6 +215,31 @@ def test_domains_differ_in_colour_statistics(camvid_worlds):
   assert np.abs(m_city - m_game).max() > 0.04
   assert np.abs(s_city - s_game).max() > 0.02
   assert sat_game > sat_city + 0.05
+
+
+def test_game_sun_turns_per_scene_and_leaves_the_scene_as_it_was(monkeypatch):
+  """The game domain's sun turns about the vertical per scene, so that camera-facing faces (sign
+  plates, vehicle rears) are lit in some images and shaded in others; the geometry and colours are
+  those of a fixed sun, and the city keeps its one sun."""
+  def scenes(domain):
+    return [scene.build_scene(np.random.SeedSequence([5, i]), domain, 3, scene.SceneParams())
+            for i in range(12)]
+
+  for s in scenes('city'):
+    assert s.style == scene.STYLES['city']
+  turned = scenes('game')
+  suns = np.array([s.style.sun_direction for s in turned])
+  np.testing.assert_allclose(np.linalg.norm(suns, axis=1), 1.0, rtol=1e-12)
+  np.testing.assert_allclose(suns[:, 2], scene.STYLES['game'].sun_direction[2], rtol=0, atol=0)
+  facing = -suns[:, 1]  # the sun's light on a face toward -y (toward the camera)
+  assert facing.min() < -0.1 and facing.max() > 0.1
+  monkeypatch.setitem(scene.STYLES, 'game',
+                      dataclasses.replace(scene.STYLES['game'], sun_azimuth_spread_deg=0.0))
+  for a, b in zip(turned, scenes('game')):
+    assert b.style.sun_direction == scene.STYLES['game'].sun_direction
+    for field in dataclasses.fields(a.prims):
+      np.testing.assert_array_equal(getattr(a.prims, field.name), getattr(b.prims, field.name))
+    assert a.ground == b.ground and a.camera.positions.tolist() == b.camera.positions.tolist()
 
 
 # ------------------------------------------------------------------------------------------------

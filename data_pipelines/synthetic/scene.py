@@ -106,6 +106,10 @@ class Style:
   saturation: float
   gamma: float
   exposure: float
+  # Each scene turns the sun about the vertical by an angle uniform in +-this (0: one sun for the
+  # whole domain). A fixed sun lights the same faces in every image: the camera-facing sides of
+  # signs and vehicles are then always lit, or always in shadow.
+  sun_azimuth_spread_deg: float = 0.0
 
 
 def _unit(v):
@@ -164,7 +168,8 @@ STYLES = {
         clothes=((0.80, 0.15, 0.15), (0.15, 0.40, 0.80), (0.95, 0.85, 0.20),
                  (0.10, 0.10, 0.10), (0.90, 0.90, 0.90)),
         skins=((0.90, 0.70, 0.55), (0.60, 0.42, 0.30), (0.40, 0.28, 0.20)),
-        metal=(0.30, 0.32, 0.30), texture_scale=1.6, saturation=1.3, gamma=0.9, exposure=1.05),
+        metal=(0.30, 0.32, 0.30), texture_scale=1.6, saturation=1.3, gamma=0.9, exposure=1.05,
+        sun_azimuth_spread_deg=180.0),  # a game's time of day and street orientations vary
 }
 
 
@@ -421,8 +426,18 @@ def build_scene(seed_sequence: np.random.SeedSequence, domain: str, frames: int,
   ground = Ground(road_half_width=half_road, lane_width=lane_w, lanes_per_side=n_lanes,
                   parking_width=parking_w, x_range=(-260.0, 260.0),
                   y_range=(y_start - 120.0, y_end + 40.0), seed=int(rng.integers(1, 2**31)))
+  # Drawn last: the scene's geometry and colours are the same whatever the spread.
+  style = _turn_sun(style, rng.uniform(-1.0, 1.0) * style.sun_azimuth_spread_deg)
   return Scene(domain=domain, style=style, prims=b.build(params.moving_objects), ground=ground,
                camera=camera)
+
+
+def _turn_sun(style: Style, degrees: float) -> Style:
+  """The style with its sun turned about the vertical (z) axis by `degrees`."""
+  a = np.deg2rad(degrees)
+  x, y, z = style.sun_direction
+  return dataclasses.replace(style, sun_direction=(x * np.cos(a) - y * np.sin(a),
+                                                   x * np.sin(a) + y * np.cos(a), z))
 
 
 CURB_HEIGHT = 0.13

@@ -20,7 +20,8 @@ from data_pipelines.synthetic.scene import DOMAINS, SceneParams, build_scene
 MARKER = 'sdeseg_synthetic.json'
 # Written before anything else: identifies the parameters of a half-written world.
 PROGRESS = f'{layouts.GT_DIR}/params.json'
-FORMAT_VERSION = 1
+# 2: the game domain's sun turns per scene (worlds of version 1 differ from it; city ones do not).
+FORMAT_VERSION = 2
 
 _CONVENTIONS = {
     'world': 'right-handed, metres: x right of the road direction, y along the road, z up; '
