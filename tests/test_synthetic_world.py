@@ -188,6 +188,9 @@ def test_groundtruth_loader_matches_files(game_gta5):
   np.testing.assert_array_equal(gt.intrinsics, snippet['intrinsics'])
   assert gt.frame == 2 and gt.depth.dtype == np.float32 and gt.moving.dtype == bool
   assert gt.label_ids.shape == gt.depth.shape == (64, 128)
+  suns = np.array([s['sun_direction'] for s in _snippets(root)])  # the game's turns per snippet
+  np.testing.assert_allclose(np.linalg.norm(suns, axis=1), 1.0, rtol=1e-9)
+  assert len(np.unique(suns.round(6), axis=0)) == len(suns) > 1
 
 
 # ------------------------------------------------------------------------------------------------

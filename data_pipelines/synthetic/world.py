@@ -179,6 +179,7 @@ def _render_snippet(job) -> dict:
       'speed_mps': camera.speed,
       'camera': {'height_m': camera.height, 'pitch_deg': float(np.rad2deg(camera.pitch)),
                  'roll_deg': 0.0},
+      'sun_direction': [float(v) for v in scene.style.sun_direction],
       'frames': records, 'objects': _object_counts(scene.prims), 'conventions': _CONVENTIONS,
   })
   return {'snippet_json': snippet_json, 'images': images, 'class_pixels': dict(class_pixels),
