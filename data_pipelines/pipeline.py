@@ -15,7 +15,6 @@ DataError naming the file.
 from __future__ import annotations
 
 import dataclasses
-import io
 import os
 from typing import Callable, Iterator
 
@@ -118,9 +117,8 @@ def file_checker(resolution: tuple[int, int], label_spec: common.LabelSpec | Non
         _check_depth(path, resolution)
         return
       name, source = path, path
-    else:  # a path the store lacks raises its DataError here
-      name = f'{path} ({store.describe(path)})'
-      source = io.BytesIO(store.read([('labels' if kind == 'label' else 'images', path)])[0])
+    else:
+      name, source = common.open_source(path, 'labels' if kind == 'label' else 'images', store)
     try:
       with Image.open(source) as image:
         image.load()

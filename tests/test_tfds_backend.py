@@ -105,7 +105,7 @@ def _prepared_trees_hidden(world):
 def test_tfds_batches_equal_folder_batches_with_the_tree_gone(world):
   """Every pipeline yields exactly the folder backend's batches from the shards alone: the prepared
   tree is moved away while the tfds pipelines run, so no file of it can be read."""
-  config, workdir = world
+  config, _ = world
   crop, seed = tuple(config.data.crop), 3
   target_res = tuple(config.data.target.resolution)
   source_res = tuple(config.data.source.resolution)

@@ -155,7 +155,7 @@ class ExampleIndex:
     return self.labels != ''
 
   @property
-  def store(self) -> 'FileStore | None':
+  def store(self) -> FileStore | None:
     """The storage all rows are read from (None: the file system); mixed storages are an error."""
     stores = {id(store): store for store in self.storage}
     if len(stores) > 1:
@@ -248,12 +248,19 @@ def trailing_number(stem: str, source: str) -> tuple[str, int]:
   return match.group(1), int(match.group(2))
 
 
+def open_source(path: str, column: str, store: FileStore | None) -> tuple[str, str | io.BytesIO]:
+  """(name for messages, what Image.open reads) of a file of an index `column` ('images', 'labels')
+  on the file system or, given one, in the FileStore that holds `path`."""
+  if store is None:
+    return path, path
+  # a path the store lacks raises its DataError here
+  return f'{path} ({store.describe(path)})', io.BytesIO(store.read([(column, path)])[0])
+
+
 def decode_label_png(path: str, store: FileStore | None = None) -> np.ndarray:
   """[H, W] uint8 raw ids of a grayscale or palette PNG (a palette PNG's pixels are its indices),
   read from the file system or, given one, from the FileStore that holds `path`."""
-  name, source = path, path
-  if store is not None:  # a path the store lacks raises its DataError here
-    name, source = f'{path} ({store.describe(path)})', io.BytesIO(store.read([('labels', path)])[0])
+  name, source = open_source(path, 'labels', store)
   try:
     with Image.open(source) as image:
       if image.mode not in ('L', 'P'):
