@@ -109,6 +109,11 @@ def segment_config() -> ml_collections.ConfigDict:
       # (brightness/contrast/saturation/hue of strength `strength`), Gaussian blur with blur_prob.
       strong_augment=dict(jitter_prob=0.8, blur_prob=0.5, strength=0.25),
       sde_weight=1.0,            # multi-task: SDE loss on the labeled and the mixing batch
+      # Multi-task: the student's own forward on the unmixed mixing batch gives DepthMix its
+      # disparity (detached, level 0) and the mixing batch its SDE loss (True: SPEC 6, reference
+      # master); False: DepthMix reads the depth labels and only the labeled batch gets the SDE
+      # loss (the reference's domain adaptation, branch ssda).
+      depthmix_online_depth=True,
       # Semi-supervised domain adaptation (SPEC 7): labeled source crops (config.data.source) with
       # their CE loss, and Cross-Domain mixing of source crop b onto target crop b of the mixing
       # batch (`mix` above is then the Target-Domain mixing).

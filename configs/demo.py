@@ -78,5 +78,6 @@ def _domain_adaptation(config: ml_collections.ConfigDict, crop_height: int) -> N
   config.source_sde = config.sde.copy_and_resolve_references()
   config.depth_labels.roles = ('target', 'source')
   config.segment.source.enabled = True
+  config.segment.depthmix_online_depth = False  # as configs/ssda_gta.py (SPEC 7)
   # The SPEC's rows (80 top, 100 bottom of 512-high crops) at this crop height.
   config.segment.source.geometry_rows = (80 * crop_height // 512, 100 * crop_height // 512)

@@ -57,6 +57,9 @@ def domain_adaptation_config(config: ml_collections.ConfigDict, source: str, arg
   overrides = METHODS[method]
   config.segment.update({k: v for k, v in overrides.items() if k != 'source'})
   config.segment.source.update(overrides['source'])
+  # As the reference's SSDA runs: multi-task DepthMix from the depth labels, SDE loss on the
+  # labeled target batch only (SPEC 7).
+  config.segment.depthmix_online_depth = False
   config.segment.labels = int(values.get('labels', 100))
   config.segment.selection = values.get('selection', '')
   config.experiment = f'{experiment}_{method}_{config.segment.labels}_seed{config.seed}'

@@ -81,6 +81,30 @@ def test_depthmix_without_depth_labels_is_refused(tmp_path):
     segment.check_config(config, str(tmp_path))
 
 
+def test_multitask_depthmix_from_depth_labels_without_online_depth(tmp_path):
+  """depthmix_online_depth=False (the reference's SSDA runs): multi-task DepthMix reads the depth
+  labels, needs no frames of the mixing batch and gives it no SDE loss."""
+  config = _tiny()
+  config.segment.update(network='mtl', mix='depthmix', depthmix_online_depth=False)
+  assert segment.needs_depth_labels(config.segment)['target']
+  with pytest.raises(ValueError, match='depthmix_online_depth=True'):
+    segment.check_config(config, str(tmp_path))
+  rng = np.random.default_rng(0)
+  b, h, w, c = 2, 8, 6, 19
+  mix_batch = dict(image=rng.uniform(size=(b, h, w, 3)).astype(np.float32),
+                   depth=rng.uniform(0.05, 0.3, (b, h, w, 1)).astype(np.float32))
+  probs = rng.dirichlet(np.ones(c), (b, h, w)).astype(np.float32)
+  mix_inputs = segment.make_mixing(networks.build('mtl', config.model), config)
+  mixed, stats = jax.jit(mix_inputs)({}, probs, {}, mix_batch, jax.random.split(jax.random.key(0), 4))
+  low = mix_batch['depth'].min(axis=(1, 2, 3), keepdims=True)
+  d = (mix_batch['depth'] - low) / (mix_batch['depth'].max(axis=(1, 2, 3), keepdims=True) - low)
+  np.testing.assert_array_equal(mixed['mask'], (d >= np.roll(d, -1, 0) - 0.03).astype(np.float32))
+  assert float(mixed['sde_term']) == 0.0 and stats == {}
+  config.segment.depthmix_online_depth = True  # the student's own disparity: no labels needed
+  assert not segment.needs_depth_labels(config.segment)['target']
+  segment.check_config(config, str(tmp_path))
+
+
 @pytest.mark.parametrize('kind', ['transfer', 'mtl'])
 def test_learning_rate_groups_reach_the_right_parameters(kind):
   config = base.get_config()

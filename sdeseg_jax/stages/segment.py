@@ -4,8 +4,9 @@ Per step: a labeled batch (cross-entropy; + the SDE loss under multi-task) and, 
 config.segment.mix is 'none', a mixing batch: the mean teacher labels it, DepthMix / ClassMix (or no
 mixing for plain pseudo-labels) mixes image b with image b+1, the mixed images are strongly augmented,
 and the student learns the mixed pseudo-labels weighted by their quality. Under multi-task (PAD-Net)
-the mixing batch also gets the SDE loss, and DepthMix uses the student's own detached disparity;
-otherwise DepthMix reads the depth labels of the depth_labels stage.
+with config.segment.depthmix_online_depth the mixing batch also gets the SDE loss, and DepthMix uses
+the student's own detached disparity; otherwise DepthMix reads the depth labels of the depth_labels
+stage.
 
 Output: <workdir>/segment/ckpt, logs, best/ (the best evaluated weights) and best.json.
 """
@@ -61,11 +62,18 @@ def uses_teacher(seg: ml_collections.ConfigDict) -> bool:
   return seg.mix != 'none' or (seg.source.enabled and seg.source.mix != 'none')
 
 
+def online_depth(seg: ml_collections.ConfigDict) -> bool:
+  """Whether the student's own forward on the unmixed mixing batch gives the DepthMix disparity
+  and the mixing batch's SDE loss (multi-task with depthmix_online_depth)."""
+  return seg.network == 'mtl' and seg.depthmix_online_depth
+
+
 def needs_depth_labels(seg: ml_collections.ConfigDict) -> dict[str, bool]:
-  """{role: whether the run reads that role's depth labels}: DepthMix without multi-task reads the
-  target's; Cross-Domain DepthMix and Matching Geometry Sampling read both domains'."""
+  """{role: whether the run reads that role's depth labels}: DepthMix without the student's online
+  depth reads the target's; Cross-Domain DepthMix and Matching Geometry Sampling read both
+  domains'."""
   adapt = seg.source.enabled and (seg.source.mix == 'depthmix' or seg.source.matching_geometry)
-  return {'target': adapt or (seg.mix == 'depthmix' and seg.network == 'transfer'),
+  return {'target': adapt or (seg.mix == 'depthmix' and not online_depth(seg)),
           'source': adapt}
 
 
@@ -102,14 +110,15 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   for role, needed in needs_depth_labels(seg).items():
     labels = depth_labels.depth_dir(workdir, role)
     if needed and not os.path.isdir(labels):
-      why = ('DepthMix without multi-task' if role == 'target' and not cross.enabled
-             else 'Cross-Domain DepthMix / Matching Geometry Sampling')
+      why = ('DepthMix without the online depth of multi-task' if role == 'target' and
+             not cross.enabled else 'Cross-Domain DepthMix / Matching Geometry Sampling')
       stage = 'run the depth_labels stage first' + (
           " with config.depth_labels.roles including 'source' (after the sde_source stage)"
           if role == 'source' else '')
       raise ValueError(f'{why} reads {role} depth labels from {labels}, which does not exist: '
-                       f'{stage}' + (' (or set segment.network=mtl)' if why.startswith('DepthMix')
-                                     else ''))
+                       f'{stage}' + (' (or set segment.network=mtl, '
+                                     'segment.depthmix_online_depth=True)'
+                                     if why.startswith('DepthMix') else ''))
 
 
 def sde_checkpoint(config, workdir: str) -> str:
@@ -184,16 +193,16 @@ def make_mixing(network, config: ml_collections.ConfigDict):
   """mix_inputs(student, probs, stats, mix_batch, keys[4]) -> (mixed, stats): Target-Domain mixing.
 
   probs: the teacher distribution of the mixing batch (teacher_distribution). The mask comes from
-  the depth (DepthMix: depth labels, or under multi-task the student's detached disparity, whose
+  the depth (DepthMix: depth labels, or with online_depth the student's detached disparity, whose
   forward also gives the mixing batch's SDE loss) or the teacher's classes (ClassMix); image b is
   mixed with image b+1 and strongly augmented.
   mixed = dict(images, pseudo [B, H, W], quality, mask [B, H, W, 1], sde_term).
   """
-  seg, multitask = config.segment, config.segment.network == 'mtl'
+  seg, online = config.segment, online_depth(config.segment)
 
   def mix_inputs(student, probs, stats, mix_batch, keys):
     sde_term, disparity = jnp.zeros([]), mix_batch.get('depth')
-    if multitask:
+    if online:
       out, stats = forward(network, seg.network, student, stats, mix_batch['frames'], train=True,
                            key=keys[0], frames=True)
       sde_term = _sde_term(out, mix_batch, keys[1], config.sde)
@@ -309,7 +318,7 @@ def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int
         loss = loss + seg.sde_weight * mixed['sde_term'] + mixed['quality'] * unlabeled
         metrics.update({'loss/unlabeled': unlabeled, 'pseudo_label_quality': mixed['quality'],
                         'mask_fraction': jnp.mean(mixed['mask'])})
-        if multitask:
+        if online_depth(seg):
           metrics['loss/sde_mix'] = mixed['sde_term']
       if adapt:
         source = batch['source']
@@ -484,21 +493,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   start = int(jax.device_get(state.step))
   process = (jax.process_index(), jax.process_count())
   shared = dict(resolution=resolution, crop=crop, seed=config.seed, flip_prob=config.data.flip_prob,
-                strict_labels=config.data.strict_labels, with_frames=seg.network == 'mtl',
-                start_step=start)
+                strict_labels=config.data.strict_labels, start_step=start)
   streams = {'labeled': pipeline.segmentation_batches(
       labeled, reader.label_spec, sharding=pipeline.Sharding(seg.batch_size, *process),
-      stream='labeled', **shared)}
+      stream='labeled', with_frames=seg.network == 'mtl', **shared)}
   depth = {role: depth_labels.depth_dir(workdir, role) if needed else ''
            for role, needed in needs_depth_labels(seg).items()}
   if uses_teacher(seg) or (seg.source.enabled and seg.source.matching_geometry):
     streams['mix'] = pipeline.segmentation_batches(
         mix, reader.label_spec, sharding=pipeline.Sharding(seg.mix_batch_size, *process),
-        stream='mix', depth_dir=depth['target'], **shared)
+        stream='mix', depth_dir=depth['target'], with_frames=online_depth(seg), **shared)
   if seg.source.enabled:
     streams['source'] = source_batches(
         config, workdir, depth['source'],
-        **{k: v for k, v in shared.items() if k not in ('resolution', 'with_frames')})
+        **{k: v for k, v in shared.items() if k != 'resolution'})
   batches = (dict(zip(streams, values)) for values in zip(*streams.values()))
 
   predict = sharding.jit_eval_step(make_predict_logits(network, seg.network), mesh)
