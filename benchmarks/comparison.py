@@ -48,6 +48,10 @@ def arguments(description: str, methods: dict, workdir: str, steps: int = 1000
   parser.add_argument('--labels', type=int, default=4)
   parser.add_argument('--sequences', type=int, default=160,
                       help='snippets of the target (city) world; a fifth are held out for val')
+  parser.add_argument('--sde_steps', type=int, default=6000,
+                      help='steps of each SDE of the shared run, the learning rate x0.1 after 80%% '
+                           '(the demo trains 1500 on a world of 20 snippets; at 1500 the SDE of '
+                           'the 160-snippet world is still improving fast)')
   parser.add_argument('--methods', default=','.join(methods))
   parser.add_argument('--workdir', default=workdir)
   parser.add_argument('--out', default='')
@@ -58,17 +62,20 @@ def arguments(description: str, methods: dict, workdir: str, steps: int = 1000
 
 
 def compare(args, *, config: str, shared_stages: str, methods: dict[str, dict],
-            links: tuple[str, ...], checkpoints: dict[str, str], world: tuple[str, ...] = ()
-            ) -> dict:
+            links: tuple[str, ...], checkpoints: dict[str, str], world: tuple[str, ...] = (),
+            sdes: tuple[str, ...] = ('sde',)) -> dict:
   """Runs the shared stages, then every (method, seed); returns {method: mean, std, runs}.
 
   methods: name -> {config key under `config.`: value}; links: the shared run's folders each run
   reads (symlinked); checkpoints: config key -> folder of the shared run (e.g. the SDE); world:
-  further overrides of the rendered worlds.
+  further overrides of the rendered worlds; sdes: the SDE configs trained for args.sde_steps.
   """
   # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, through run_main's stop of the running stage.
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(cli.PREEMPTED_EXIT_CODE))
   world = [f'--config.data.target.synthetic.sequences={args.sequences}', *world]
+  for sde in sdes:
+    world += [f'--config.{sde}.num_steps={args.sde_steps}',
+              f'--config.{sde}.optim.schedule.boundaries=({int(0.8 * args.sde_steps)},)']
   shared = os.path.abspath(os.path.join(args.workdir, 'shared'))
   run_main(config, shared, *world, f'--config.stages={shared_stages}')
   results = {}
@@ -100,5 +107,6 @@ def compare(args, *, config: str, shared_stages: str, methods: dict[str, dict],
 
 def report(name: str, args, table: dict, **extra) -> None:
   common.emit(dict(benchmark=name, steps=args.steps, labels=args.labels, sequences=args.sequences,
+                   sde_steps=args.sde_steps,
                    overrides=args.override, seeds=args.seeds, machine=common.machine(),
                    methods=table, **extra), args.out)

@@ -121,7 +121,8 @@ def main() -> None:
       shared_stages='data,sde_pretrain,sde_source,depth_labels', methods=METHODS,
       links=('raw', 'data', 'depth'), checkpoints={'segment.sde_checkpoint': 'sde/ckpt'},
       world=(f'--config.data.source.synthetic.sequences={args.source_sequences}',
-             f'--config.data.source.val_count={args.source_sequences // 5}'))
+             f'--config.data.source.val_count={args.source_sequences // 5}'),
+      sdes=('sde', 'source_sde'))
   config = demo.get_config('ssda')
   config.data.target.synthetic.sequences = args.sequences
   config.data.source.synthetic.sequences = args.source_sequences
