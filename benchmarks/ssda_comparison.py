@@ -10,11 +10,11 @@ Sampling picks source views whose camera height is closer to the target's than r
 One shared run of configs/demo.py:ssda renders both worlds, trains both SDEs and writes the depth
 labels of both domains; every (method, seed) then runs segment + evaluate from that target SDE
 (benchmarks/comparison.py). The camera-height measurement uses the worlds' ground-truth cameras:
-for each target training image, `candidates` random source images are scored with the geometric
-difference G of their depth labels (the segment stage's criterion) or of the ground-truth
-disparities, and the height gap of the chosen one is compared with that of a random one — over all
-source views, and over the level ones only (the game world's cameras also pitch down by up to 15
-degrees, which G matches as much as height).
+for each target training image, 5 random source images (the segment stage's candidates) or all of
+them are scored with the geometric difference G of their depth labels (the segment stage's
+criterion) or of the ground-truth disparities, and the height gap of the chosen one is compared
+with that of a random one — over all source views, and over the level ones only (the game world's
+cameras also pitch down by up to 15 degrees, which G matches as much as height).
 """
 
 from __future__ import annotations
@@ -59,11 +59,13 @@ def camera_poses(raw_root: str) -> dict[str, tuple[float, float]]:
   return poses
 
 
-def matching_geometry_heights(shared: str, config, candidates: int = 5, draws: int = 4,
+def matching_geometry_heights(shared: str, config, candidates: int | None = 5, draws: int = 4,
                               seed: int = 0, disparities: str = 'depth_labels',
                               max_source_pitch_deg: float | None = None) -> dict:
   """Mean |camera height of the source view - target's| for MGS's choice vs a random candidate.
 
+  candidates: source views drawn per choice (the segment stage's `segment.source.candidates`);
+  None = every view of the pool, i.e. the best match there is.
   disparities: what G compares — 'depth_labels' (the SDEs' disparities, what the segment stage
   uses; each SDE has its own unknown scale) or 'ground_truth' (1 / the world's metric depth).
   max_source_pitch_deg: draw candidates only among source views pitched at most this much (the
@@ -93,7 +95,8 @@ def matching_geometry_heights(shared: str, config, candidates: int = 5, draws: i
   if max_source_pitch_deg is not None:
     pool = pool[np.abs(pitches['source']) <= max_source_pitch_deg]
   source_disparity = {i: disparity('source', i) for i in pool}
-  chosen_gap, random_gap = [], []
+  candidates = len(pool) if candidates is None else candidates
+  chosen, drawn, target_heights = [], [], []
   for t in range(len(indices['target'])):
     target = disparity('target', t)
     for _ in range(draws):
@@ -101,12 +104,18 @@ def matching_geometry_heights(shared: str, config, candidates: int = 5, draws: i
       g = np.asarray(mixing.geometric_difference(np.repeat(target, candidates, 0),
                                                  np.concatenate([source_disparity[i] for i in picks]),
                                                  *rows))
-      chosen_gap.append(abs(heights['source'][picks[np.argmin(g)]] - heights['target'][t]))
-      random_gap.append(abs(heights['source'][picks[0]] - heights['target'][t]))
+      chosen.append(picks[np.argmin(g)])
+      drawn.append(picks[0])   # the draw is random, so its first candidate is a random choice
+      target_heights.append(heights['target'][t])
+
+  def mean_gap(views):
+    return float(np.mean(np.abs(heights['source'][views] - np.array(target_heights))))
+
   return dict(disparities=disparities, max_source_pitch_deg=max_source_pitch_deg,
-              source_views=len(pool), candidates=candidates, pairs=len(chosen_gap),
-              mean_height_gap_chosen_m=float(np.mean(chosen_gap)),
-              mean_height_gap_random_m=float(np.mean(random_gap)),
+              source_views=len(pool), candidates=candidates, pairs=len(chosen),
+              mean_height_gap_chosen_m=mean_gap(chosen), mean_height_gap_random_m=mean_gap(drawn),
+              mean_pitch_chosen_deg=float(np.mean(pitches['source'][chosen])),
+              mean_pitch_random_deg=float(np.mean(pitches['source'][drawn])),
               target_height_mean_m=float(np.mean(heights['target'])),
               source_height_mean_m=float(np.mean(heights['source'][pool])))
 
@@ -128,8 +137,9 @@ def main() -> None:
   config.data.source.synthetic.sequences = args.source_sequences
   config.data.source.val_count = args.source_sequences // 5
   shared = os.path.abspath(os.path.join(args.workdir, 'shared'))
-  geometry = [matching_geometry_heights(shared, config, disparities=d, max_source_pitch_deg=p)
-              for p in (None, 2.0) for d in ('depth_labels', 'ground_truth')]
+  geometry = [matching_geometry_heights(shared, config, candidates=k, disparities=d,
+                                        max_source_pitch_deg=p)
+              for p in (None, 2.0) for d in ('depth_labels', 'ground_truth') for k in (5, None)]
   print(json.dumps(geometry, indent=2))
   comparison.report('ssda_comparison', args, table, matching_geometry=geometry)
 
