@@ -7,12 +7,13 @@ multi-task + DepthMix, over several seeds, on the synthetic city world (CPU-size
 The city world is larger than the demo's (160 snippets: 128 training images, 32 held out for
 validation), so that 4 labels are 1/32 of the training set, as in the paper's sparsest setting, and
 the validation mIoU is measured on more than a handful of images. One shared run of configs/demo.py
-renders the world, trains the SDE and writes depth labels; every (method, seed) then runs the
-segment and evaluate stages in its own workdir, initialised from that SDE (benchmarks/comparison.py).
+renders the world, trains the SDE (`--sde_steps`, 6000: at the demo's 1500 it is still improving
+fast on this larger world) and writes depth labels; every (method, seed) then runs the segment and
+evaluate stages in its own workdir, initialised from that SDE (benchmarks/comparison.py).
 
 10000 steps because the mixing methods need them: at 1000 steps the supervised baseline leads both
 mixing methods on both seeds (by 0.1 to 4.7 mIoU), at 3000 they are level, at 10000 DepthMix leads
-on both seeds (the figures are in BENCHMARKS.md). On a 2-core CPU, two runs side by side, a transfer
+on both seeds (with the 1500-step SDE; the figures are in BENCHMARKS.md). On a 2-core CPU, two runs side by side, a transfer
 run takes ~20 min (supervised) to ~45 min (mixing); a multi-task run is ~5x slower.
 """
 
