@@ -96,7 +96,7 @@ def matching_geometry_heights(shared: str, config, candidates: int | None = 5, d
     pool = pool[np.abs(pitches['source']) <= max_source_pitch_deg]
   source_disparity = {i: disparity('source', i) for i in pool}
   candidates = len(pool) if candidates is None else candidates
-  chosen, drawn, target_heights = [], [], []
+  chosen, drawn = [], []   # per (target image, draw), target-major
   for t in range(len(indices['target'])):
     target = disparity('target', t)
     for _ in range(draws):
@@ -106,10 +106,9 @@ def matching_geometry_heights(shared: str, config, candidates: int | None = 5, d
                                                  *rows))
       chosen.append(picks[np.argmin(g)])
       drawn.append(picks[0])   # the draw is random, so its first candidate is a random choice
-      target_heights.append(heights['target'][t])
 
   def mean_gap(views):
-    return float(np.mean(np.abs(heights['source'][views] - np.array(target_heights))))
+    return float(np.mean(np.abs(heights['source'][views] - np.repeat(heights['target'], draws))))
 
   return dict(disparities=disparities, max_source_pitch_deg=max_source_pitch_deg,
               source_views=len(pool), candidates=candidates, pairs=len(chosen),

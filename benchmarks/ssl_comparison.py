@@ -13,8 +13,9 @@ evaluate stages in its own workdir, initialised from that SDE (benchmarks/compar
 
 10000 steps because the mixing methods need them: at 1000 steps the supervised baseline leads both
 mixing methods on both seeds (by 0.1 to 4.7 mIoU), at 3000 they are level, at 10000 DepthMix leads
-on both seeds (with the 1500-step SDE; the figures are in BENCHMARKS.md). On a 2-core CPU, two runs side by side, a transfer
-run takes ~20 min (supervised) to ~45 min (mixing); a multi-task run is ~5x slower.
+on both seeds (with the 1500-step SDE; the figures are in BENCHMARKS.md). On a 2-core CPU, two runs
+side by side, a transfer run takes ~20 min (supervised) to ~45 min (mixing); a multi-task run is ~5x
+slower.
 """
 
 from __future__ import annotations
