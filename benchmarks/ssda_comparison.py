@@ -10,18 +10,20 @@ Sampling picks source views whose camera height is closer to the target's than r
 One shared run of configs/demo.py:ssda renders both worlds, trains both SDEs and writes the depth
 labels of both domains; every (method, seed) then runs segment + evaluate from that target SDE
 (benchmarks/comparison.py). The camera-height measurement uses the worlds' ground-truth cameras:
-for each target training image, 5 random source images (the segment stage's candidates) or all of
-them are scored with the geometric difference G of their depth labels (the segment stage's
-criterion) or of the ground-truth disparities, and the height gap of the chosen one is compared
-with that of a random one — over all source views, and over the level ones only (the game world's
+for each target training image, the best of 5 random source images (the segment stage's
+candidates) or of all of them by the geometric difference G of their depth labels (the segment
+stage's criterion) or of the ground-truth disparities; its expected height gap is compared with
+that of a random view — over all source views, and over the level ones only (the game world's
 cameras also pitch down by up to 15 degrees, which G matches as much as height).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
+import jax
 import numpy as np
 
 from benchmarks import comparison
@@ -59,64 +61,76 @@ def camera_poses(raw_root: str) -> dict[str, tuple[float, float]]:
   return poses
 
 
-def matching_geometry_heights(shared: str, config, candidates: int | None = 5, draws: int = 4,
-                              seed: int = 0, disparities: str = 'depth_labels',
-                              max_source_pitch_deg: float | None = None) -> dict:
-  """Mean |camera height of the source view - target's| for MGS's choice vs a random candidate.
+_geometric_difference = jax.jit(mixing.geometric_difference, static_argnums=(2, 3))
 
-  candidates: source views drawn per choice (the segment stage's `segment.source.candidates`);
+
+def choice_probabilities(views: int, candidates: int) -> np.ndarray:
+  """[views] probability that the view ranked r-th best (0 = lowest G) is the best of `candidates`
+  views drawn at random without replacement: it must be drawn and the others drawn from the
+  views - 1 - r ranked below it, C(views - 1 - r, candidates - 1) / C(views, candidates)."""
+  ranks = range(views)
+  return np.array([math.comb(views - 1 - r, candidates - 1) for r in ranks]) / math.comb(
+      views, candidates)
+
+
+def matching_geometry_heights(shared: str, config, candidates: int | None,
+                              disparities: str = 'depth_labels',
+                              max_source_pitch_deg: float | None = None) -> dict:
+  """Mean |camera height of the source view - target's| for MGS's choice vs a random view.
+
+  Both are expectations, computed exactly rather than sampled: from G of every (target training
+  image, source view) pair, the chosen view's over the random draws of candidates
+  (`choice_probabilities`), the random view's over the pool.
+  candidates: source views drawn per choice (the segment stage draws `segment.source.candidates`);
   None = every view of the pool, i.e. the best match there is.
   disparities: what G compares — 'depth_labels' (the SDEs' disparities, what the segment stage
   uses; each SDE has its own unknown scale) or 'ground_truth' (1 / the world's metric depth).
-  max_source_pitch_deg: draw candidates only among source views pitched at most this much (the
+  max_source_pitch_deg: candidates only among source views pitched at most this much (the
   target cameras are level): the game world's cameras also pitch down by up to 15 degrees, which
   brings the road nearer just as a lower camera does, so over all views G trades height for pitch.
   """
-  rng = np.random.default_rng(seed)
   rows = tuple(config.segment.source.geometry_rows)
-  indices, heights, pitches, stems = {}, {}, {}, {}
+  disparity, heights, pitches = {}, {}, {}
   for role in ('target', 'source'):
     entry = config.data[role]
     reader = sources.open_dataset(entry, shared, role)
-    indices[role] = reader.segmentation('train')
+    index = reader.segmentation('train')
     raw_root = sources.roots(entry, shared, role)[0]
     poses = camera_poses(raw_root)
-    relpaths = [os.path.relpath(p, reader.root) for p in indices[role].images]
+    relpaths = [os.path.relpath(p, reader.root) for p in index.images]
     heights[role], pitches[role] = np.array([poses[os.path.splitext(r)[0]] for r in relpaths]).T
-    stems[role] = [os.path.join(raw_root, layouts.groundtruth_stem(r)) for r in relpaths]
-
-  def disparity(role, i):
     if disparities == 'ground_truth':
-      return 1.0 / np.load(stems[role][i] + '_depth.npy')[None, ..., None]
-    return np.load(os.path.join(depth_labels.depth_dir(shared, role),
-                                indices[role].ids[i] + '.npy'))[None, ..., None]
+      files = [os.path.join(raw_root, layouts.groundtruth_stem(r)) + '_depth.npy' for r in relpaths]
+      disparity[role] = np.stack([1.0 / np.load(f) for f in files])[..., None]
+    else:
+      folder = depth_labels.depth_dir(shared, role)
+      disparity[role] = np.stack([np.load(os.path.join(folder, i + '.npy'))
+                                  for i in index.ids])[..., None]
 
-  pool = np.arange(len(indices['source']))
+  pool = np.arange(len(heights['source']))
   if max_source_pitch_deg is not None:
     pool = pool[np.abs(pitches['source']) <= max_source_pitch_deg]
-  source_disparity = {i: disparity('source', i) for i in pool}
+  pool_disparity, pool_heights, pool_pitches = (x[pool] for x in (
+      disparity['source'], heights['source'], pitches['source']))
   candidates = len(pool) if candidates is None else candidates
-  chosen, drawn = [], []   # per (target image, draw), target-major
-  for t in range(len(indices['target'])):
-    target = disparity('target', t)
-    for _ in range(draws):
-      picks = rng.choice(pool, candidates, replace=False)
-      g = np.asarray(mixing.geometric_difference(np.repeat(target, candidates, 0),
-                                                 np.concatenate([source_disparity[i] for i in picks]),
-                                                 *rows))
-      chosen.append(picks[np.argmin(g)])
-      drawn.append(picks[0])   # the draw is random, so its first candidate is a random choice
-
-  def mean_gap(views):
-    return float(np.mean(np.abs(heights['source'][views] - np.repeat(heights['target'], draws))))
+  weights = choice_probabilities(len(pool), candidates)
+  height_gap = np.abs(pool_heights[None, :] - heights['target'][:, None])  # [targets, pool]
+  chosen_gap, chosen_pitch = [], []
+  for t, target in enumerate(disparity['target']):
+    g = np.asarray(_geometric_difference(np.broadcast_to(target, pool_disparity.shape),
+                                         pool_disparity, *rows))
+    ranked = np.argsort(g, kind='stable')
+    chosen_gap.append(weights @ height_gap[t, ranked])
+    chosen_pitch.append(weights @ pool_pitches[ranked])
 
   return dict(disparities=disparities, max_source_pitch_deg=max_source_pitch_deg,
-              source_views=len(pool), candidates=candidates, pairs=len(chosen),
-              mean_height_gap_chosen_m=mean_gap(chosen), mean_height_gap_random_m=mean_gap(drawn),
-              mean_pitch_chosen_deg=float(np.mean(pitches['source'][chosen])),
-              mean_pitch_random_deg=float(np.mean(pitches['source'][drawn])),
+              source_views=len(pool), candidates=candidates, targets=len(height_gap),
+              mean_height_gap_chosen_m=float(np.mean(chosen_gap)),
+              mean_height_gap_random_m=float(np.mean(height_gap)),
+              mean_pitch_chosen_deg=float(np.mean(chosen_pitch)),
+              mean_pitch_random_deg=float(np.mean(pool_pitches)),
               target_height_mean_m=float(np.mean(heights['target'])),
-              source_height_mean_m=float(np.mean(heights['source'][pool])))
+              source_height_mean_m=float(np.mean(pool_heights)))
 
 
 def main() -> None:
@@ -138,7 +152,8 @@ def main() -> None:
   shared = os.path.abspath(os.path.join(args.workdir, 'shared'))
   geometry = [matching_geometry_heights(shared, config, candidates=k, disparities=d,
                                         max_source_pitch_deg=p)
-              for p in (None, 2.0) for d in ('depth_labels', 'ground_truth') for k in (5, None)]
+              for p in (None, 2.0) for d in ('depth_labels', 'ground_truth')
+              for k in (config.segment.source.candidates, None)]
   print(json.dumps(geometry, indent=2))
   comparison.report('ssda_comparison', args, table, matching_geometry=geometry)
 
