@@ -27,6 +27,9 @@ def run_main(config: str, workdir: str, *overrides: str) -> None:
              f'--workdir={workdir}', *overrides]
   process = subprocess.Popen(command, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C while the stage runs; the previous handler
+  # is back afterwards.
+  previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(cli.PREEMPTED_EXIT_CODE))
   try:
     _, stderr = process.communicate()
   except BaseException:
@@ -35,6 +38,8 @@ def run_main(config: str, workdir: str, *overrides: str) -> None:
     process.terminate()
     process.communicate()
     raise
+  finally:
+    signal.signal(signal.SIGTERM, previous)
   if process.returncode:
     raise RuntimeError(f'{" ".join(command)} failed:\n{stderr[-3000:]}')
 
@@ -70,8 +75,6 @@ def compare(args, *, config: str, shared_stages: str, methods: dict[str, dict],
   reads (symlinked); checkpoints: config key -> folder of the shared run (e.g. the SDE); world:
   further overrides of the rendered worlds; sdes: the SDE configs trained for args.sde_steps.
   """
-  # SIGTERM (a scheduler, `kill`) unwinds like Ctrl-C, through run_main's stop of the running stage.
-  signal.signal(signal.SIGTERM, lambda *_: sys.exit(cli.PREEMPTED_EXIT_CODE))
   world = [f'--config.data.target.synthetic.sequences={args.sequences}', *world]
   for sde in sdes:
     world += [f'--config.{sde}.num_steps={args.sde_steps}',
