@@ -68,8 +68,7 @@ def choice_probabilities(views: int, candidates: int) -> np.ndarray:
   """[views] probability that the view ranked r-th best (0 = lowest G) is the best of `candidates`
   views drawn at random without replacement: it must be drawn and the others drawn from the
   views - 1 - r ranked below it, C(views - 1 - r, candidates - 1) / C(views, candidates)."""
-  ranks = range(views)
-  return np.array([math.comb(views - 1 - r, candidates - 1) for r in ranks]) / math.comb(
+  return np.array([math.comb(views - 1 - r, candidates - 1) for r in range(views)]) / math.comb(
       views, candidates)
 
 
