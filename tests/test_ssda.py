@@ -1,6 +1,7 @@
 """Semi-supervised domain adaptation (SPEC 7): Cross-Domain mixing, the margin flip, Matching
 Geometry Sampling, batch composition, configs, and an exactly resumable SSDA run (demo ssda,tiny)."""
 
+import itertools
 import json
 import os
 
@@ -8,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import ssda_comparison
 from configs import demo
 from sdeseg_jax import stages
 from sdeseg_jax.stages import segment
@@ -117,6 +119,14 @@ def test_matching_geometry_picks_the_least_geometric_difference():
   np.testing.assert_allclose(g, reference, rtol=1e-5, atol=1e-7)
   np.testing.assert_array_equal(np.asarray(chosen['image'])[:, 0, 0, 0], [1, k + 3])
   np.testing.assert_array_equal(chosen['depth'][1], target[1])
+
+
+@pytest.mark.parametrize('views,candidates', [(6, 1), (6, 3), (7, 7), (8, 5)])
+def test_expected_choice_of_the_camera_height_benchmark(views, candidates):
+  """The probability that the r-th best view wins a random draw equals its share of all draws."""
+  draws = list(itertools.combinations(range(views), candidates))
+  counted = np.bincount([min(d) for d in draws], minlength=views) / len(draws)
+  np.testing.assert_allclose(ssda_comparison.choice_probabilities(views, candidates), counted)
 
 
 def test_configs_name_the_ssda_rows():
