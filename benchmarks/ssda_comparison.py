@@ -114,21 +114,21 @@ def matching_geometry_heights(shared: str, config, candidates: int | None,
   candidates = len(pool) if candidates is None else candidates
   weights = choice_probabilities(len(pool), candidates)
   height_gap = np.abs(pool_heights[None, :] - heights['target'][:, None])  # [targets, pool]
-  chosen_gap, chosen_height, chosen_pitch = [], [], []
-  for t, target in enumerate(disparity['target']):
-    g = np.asarray(_geometric_difference(np.broadcast_to(target, pool_disparity.shape),
-                                         pool_disparity, *rows))
-    ranked = np.argsort(g, kind='stable')
-    chosen_gap.append(weights @ height_gap[t, ranked])
-    chosen_height.append(weights @ pool_heights[ranked])
-    chosen_pitch.append(weights @ pool_pitches[ranked])
+  ranked = np.stack([  # [targets, pool] pool indices, lowest G first
+      np.argsort(np.asarray(_geometric_difference(
+          np.broadcast_to(target, pool_disparity.shape), pool_disparity, *rows)), kind='stable')
+      for target in disparity['target']])
+
+  def chosen(values):  # [targets, pool] or [pool] -> mean over targets of the chosen view's value
+    per_target = np.broadcast_to(values, ranked.shape)
+    return float(np.mean(np.take_along_axis(per_target, ranked, axis=1) @ weights))
 
   return dict(disparities=disparities, max_source_pitch_deg=max_source_pitch_deg,
               source_views=len(pool), candidates=candidates, targets=len(height_gap),
-              mean_height_gap_chosen_m=float(np.mean(chosen_gap)),
+              mean_height_gap_chosen_m=chosen(height_gap),
               mean_height_gap_random_m=float(np.mean(height_gap)),
-              mean_height_chosen_m=float(np.mean(chosen_height)),
-              mean_pitch_chosen_deg=float(np.mean(chosen_pitch)),
+              mean_height_chosen_m=chosen(pool_heights),
+              mean_pitch_chosen_deg=chosen(pool_pitches),
               mean_pitch_random_deg=float(np.mean(pool_pitches)),
               target_height_mean_m=float(np.mean(heights['target'])),
               source_height_mean_m=float(np.mean(pool_heights)))
