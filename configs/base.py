@@ -36,6 +36,8 @@ def model_config(depth: int = 101, output_stride: int = 16,
       decoder=dict(name=decoder, width_scale=1.0),   # dec6 | dec11 | dec9; channels x width_scale
       pose_encoder=dict(depth=18, output_stride=32, width=64, stage_sizes=(), remat=False),
       num_classes=19,
+      side_output=True,        # mtl: PAD-Net's side head, its CE averaged with the final head's
+                               # (reference); False: the final head's CE alone
       compute_dtype='float32',                        # float32 | bfloat16 (params stay float32)
   ))
 

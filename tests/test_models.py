@@ -4,6 +4,7 @@ Parameter counts and shapes come from jax.eval_shape (no compute); forward passe
 Numerical parity with PyTorch is in test_weights.py.
 """
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 
 from configs import base
 from sdeseg_jax.models import decoder, layers, networks, padnet, pose, resnet
+from sdeseg_jax.ops import segmentation
+from sdeseg_jax.stages import segment
 
 KEY = jax.random.key(0)
 
@@ -89,6 +92,34 @@ def test_output_shapes(height, width):
       (height // 16, width // 16, 1024), (height // 16, width // 16, 2048)]
   # Data-selection features: decoder level 3, 256 channels at 1/8.
   assert shapes['sde']['levels'][3].shape == (2, height // 8, width // 8, 256)
+
+
+def test_multitask_network_without_side_output():
+  """side_output=False drops exactly the side head: no side_classifier parameters, no side_logits,
+  the same final logits from the same remaining parameters, and a supervised loss of the final
+  head's CE alone (with the side head it is the mean of both)."""
+  config = base.make_tiny(base.model_config())
+  frames = jax.random.uniform(KEY, (1, 3, 64, 64, 3))
+  labels = jax.random.randint(jax.random.key(1), (1, 64, 64), 0, 19)
+  with_side = networks.build('mtl', config)
+  variables = with_side.init(KEY, frames)
+  config = base.make_tiny(base.model_config())
+  config.side_output = False
+  without_side = networks.build('mtl', config)
+  params = flax.core.unfreeze(variables['params'])
+  del params['pad']['side_classifier']
+  stripped = dict(variables, params=params)
+  assert (jax.tree.structure(jax.eval_shape(lambda: without_side.init(KEY, frames)))
+          == jax.tree.structure(stripped))
+  out = with_side.apply(variables, frames)
+  out_without = without_side.apply(stripped, frames)
+  assert 'side_logits' in out and 'side_logits' not in out_without
+  np.testing.assert_array_equal(out['logits'], out_without['logits'])
+  final_ce = segmentation.cross_entropy(out['logits'], labels)
+  assert float(segment.segmentation_loss(out_without, labels)) == float(final_ce)
+  side = segmentation.resize_logits(out['side_logits'], 64, 64, align_corners=True)
+  np.testing.assert_allclose(segment.segmentation_loss(out, labels),
+                             (final_ce + segmentation.cross_entropy(side, labels)) / 2, rtol=1e-6)
 
 
 def test_output_stride_32_and_8():

@@ -118,11 +118,11 @@ class MultiTaskNetwork(nn.Module):
     dtype = DTYPES[self.config.compute_dtype]
     self.encoder = encoder_from_config(self.config.encoder, dtype)
     self.pad = padnet.PADNet(self.config.num_classes, **decoder_design(self.config.decoder),
-                             dtype=dtype)
+                             side_output=self.config.side_output, dtype=dtype)
     self.pose = PoseNet(self.config.pose_encoder, dtype)
 
   def segment(self, image: jax.Array, train: bool = False) -> dict:
-    """[B, H, W, 3] -> dict(logits, side_logits, disp, seg_levels, features)."""
+    """[B, H, W, 3] -> dict(logits[, side_logits], disp, seg_levels, features)."""
     features = self.encoder(image, train)
     return dict(self.pad(features, train), features=features)
 

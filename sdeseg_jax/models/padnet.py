@@ -32,21 +32,23 @@ class PADNet(nn.Module):
   Attributes:
     num_classes: segmentation classes. channels / aspp_rates / batch_norm: the decoder design
     (both decoders share it). distill_level: the level whose outputs are exchanged (2).
+    side_output: the side head on the segmentation features before distillation (reference: on).
   """
   num_classes: int
   channels: Sequence[int] = (64, 128, 128, 256, 256)
   aspp_rates: Sequence[int] = (6, 12, 18)
   batch_norm: bool = False
   distill_level: int = 2
+  side_output: bool = True
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], train: bool = False) -> dict:
     """Encoder features f0..f4 -> dict(
          logits [B, H, W, classes] float32 (level-0 resolution = the input's),
-         side_logits [B, H/4, W/4, classes] float32 from the pre-distillation segmentation features
-           of the distillation level, at their own resolution (the reference upsamples them in the
-           loss),
+         side_logits [B, H/4, W/4, classes] float32 (with `side_output`) from the pre-distillation
+           segmentation features of the distillation level, at their own resolution (the
+           reference upsamples them in the loss),
          disp {s: [B, H/2^s, W/2^s, 1]} (levels above the distillation level from before it, the
            others after), seg_levels {i: features} of the segmentation decoder.)
     """
@@ -59,8 +61,10 @@ class PADNet(nn.Module):
 
     depth_x, depth_levels = depth_decoder.run_levels(features[4], features, first, train)
     seg_x, seg_levels = seg_decoder.run_levels(features[4], features, first, train)
-    side_logits = layers.Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
-                              name='side_classifier')(seg_x).astype(jnp.float32)
+    side = {}
+    if self.side_output:
+      side['side_logits'] = layers.Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
+                                        name='side_classifier')(seg_x).astype(jnp.float32)
     width = self.channels[self.distill_level]
     seg_in = seg_x + Distillation(width, self.dtype, name='distill_depth_to_seg')(depth_x)
     depth_in = depth_x + Distillation(width, self.dtype, name='distill_seg_to_depth')(seg_x)
@@ -69,5 +73,4 @@ class PADNet(nn.Module):
     logits = layers.Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
                          name='classifier')(seg_x).astype(jnp.float32)
     disp = {**depth_decoder.disparities(depth_levels), **depth_decoder.disparities(late_depth)}
-    return dict(logits=logits, side_logits=side_logits, disp=disp,
-                seg_levels={**seg_levels, **late_seg})
+    return dict(logits=logits, **side, disp=disp, seg_levels={**seg_levels, **late_seg})
