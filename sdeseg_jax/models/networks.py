@@ -117,8 +117,9 @@ class MultiTaskNetwork(nn.Module):
   def setup(self):
     dtype = DTYPES[self.config.compute_dtype]
     self.encoder = encoder_from_config(self.config.encoder, dtype)
+    # .get: run configs written before the switch existed (predict reads them) had the side head.
     self.pad = padnet.PADNet(self.config.num_classes, **decoder_design(self.config.decoder),
-                             side_output=self.config.side_output, dtype=dtype)
+                             side_output=self.config.get('side_output', True), dtype=dtype)
     self.pose = PoseNet(self.config.pose_encoder, dtype)
 
   def segment(self, image: jax.Array, train: bool = False) -> dict:
