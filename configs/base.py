@@ -38,6 +38,8 @@ def model_config(depth: int = 101, output_stride: int = 16,
       num_classes=19,
       side_output=True,        # mtl: PAD-Net's side head, its CE averaged with the final head's
                                # (reference); False: the final head's CE alone
+      distillation=True,       # mtl: PAD-Net's exchange of distilled features between the depth
+                               # and segmentation decoders (reference); False: none
       compute_dtype='float32',                        # float32 | bfloat16 (params stay float32)
   ))
 

@@ -122,6 +122,40 @@ def test_multitask_network_without_side_output():
                              (final_ce + segmentation.cross_entropy(side, labels)) / 2, rtol=1e-6)
 
 
+def test_multitask_network_without_distillation():
+  """distillation=False drops exactly the two distillation modules, and the decoders then share only
+  the encoder: changing the depth decoder leaves the segmentation logits unchanged and changing the
+  segmentation decoder leaves every disparity unchanged (with distillation both change)."""
+  frames = jax.random.uniform(KEY, (1, 3, 64, 64, 3))
+  networks_by_switch, variables_by_switch = {}, {}
+  for distillation in (True, False):
+    config = base.make_tiny(base.model_config())
+    config.distillation = distillation
+    networks_by_switch[distillation] = networks.build('mtl', config)
+    variables_by_switch[distillation] = networks_by_switch[distillation].init(KEY, frames)
+  full = flax.core.unfreeze(variables_by_switch[True]['params'])
+  del full['pad']['distill_depth_to_seg'], full['pad']['distill_seg_to_depth']
+  assert (jax.tree.structure(variables_by_switch[False]['params'])
+          == jax.tree.structure(full))
+
+  def outputs(distillation, perturbed_decoder=None):
+    variables = flax.core.unfreeze(variables_by_switch[distillation])
+    if perturbed_decoder:
+      variables['params']['pad'][perturbed_decoder] = jax.tree.map(
+          lambda x: x + 0.05, variables['params']['pad'][perturbed_decoder])
+    return networks_by_switch[distillation].apply(variables, frames)
+
+  for distillation in (True, False):
+    out = outputs(distillation)
+    seg_moved = outputs(distillation, 'depth_decoder')['logits']
+    disp_moved = outputs(distillation, 'seg_decoder')['disp']
+    assert np.array_equal(out['logits'], seg_moved) == (not distillation)
+    for s in (0, 1):
+      assert np.array_equal(out['disp'][s], disp_moved[s]) == (not distillation)
+    for s in (2, 3):   # before the distillation level: never reached by the other decoder
+      np.testing.assert_array_equal(out['disp'][s], disp_moved[s])
+
+
 def test_output_stride_32_and_8():
   x = jnp.zeros((1, 64, 128, 3))
   f32 = jax.eval_shape(lambda: resnet.ResNet(101, 32).init_with_output(KEY, x))[0]

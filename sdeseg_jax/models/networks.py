@@ -117,9 +117,12 @@ class MultiTaskNetwork(nn.Module):
   def setup(self):
     dtype = DTYPES[self.config.compute_dtype]
     self.encoder = encoder_from_config(self.config.encoder, dtype)
-    # .get: run configs written before the switch existed (predict reads them) had the side head.
+    # Run configs written before a switch existed (predict reads them) lack it: PADNet's own
+    # default, the reference's behaviour, is what they trained with.
+    switches = {key: self.config[key] for key in ('side_output', 'distillation')
+                if key in self.config}
     self.pad = padnet.PADNet(self.config.num_classes, **decoder_design(self.config.decoder),
-                             side_output=self.config.get('side_output', True), dtype=dtype)
+                             **switches, dtype=dtype)
     self.pose = PoseNet(self.config.pose_encoder, dtype)
 
   def segment(self, image: jax.Array, train: bool = False) -> dict:

@@ -33,6 +33,8 @@ class PADNet(nn.Module):
     num_classes: segmentation classes. channels / aspp_rates / batch_norm: the decoder design
     (both decoders share it). distill_level: the level whose outputs are exchanged (2).
     side_output: the side head on the segmentation features before distillation (reference: on).
+    distillation: the exchange of distilled features at `distill_level` (reference: on); off, the
+      two decoders share only the encoder.
   """
   num_classes: int
   channels: Sequence[int] = (64, 128, 128, 256, 256)
@@ -40,6 +42,7 @@ class PADNet(nn.Module):
   batch_norm: bool = False
   distill_level: int = 2
   side_output: bool = True
+  distillation: bool = True
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
@@ -65,11 +68,13 @@ class PADNet(nn.Module):
     if self.side_output:
       side['side_logits'] = layers.Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
                                         name='side_classifier')(seg_x).astype(jnp.float32)
-    width = self.channels[self.distill_level]
-    seg_in = seg_x + Distillation(width, self.dtype, name='distill_depth_to_seg')(depth_x)
-    depth_in = depth_x + Distillation(width, self.dtype, name='distill_seg_to_depth')(seg_x)
-    _, late_depth = depth_decoder.run_levels(depth_in, features, second, train)
-    seg_x, late_seg = seg_decoder.run_levels(seg_in, features, second, train)
+    if self.distillation:
+      width = self.channels[self.distill_level]
+      seg_x, depth_x = (
+          seg_x + Distillation(width, self.dtype, name='distill_depth_to_seg')(depth_x),
+          depth_x + Distillation(width, self.dtype, name='distill_seg_to_depth')(seg_x))
+    _, late_depth = depth_decoder.run_levels(depth_x, features, second, train)
+    seg_x, late_seg = seg_decoder.run_levels(seg_x, features, second, train)
     logits = layers.Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
                          name='classifier')(seg_x).astype(jnp.float32)
     disp = {**depth_decoder.disparities(depth_levels), **depth_decoder.disparities(late_depth)}
