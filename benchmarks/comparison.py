@@ -9,6 +9,7 @@ running stage is stopped the way a preemption stops it (checkpoint, then exit).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import signal
@@ -44,6 +45,29 @@ def run_main(config: str, workdir: str, *overrides: str) -> None:
     raise RuntimeError(f'{" ".join(command)} failed:\n{stderr[-3000:]}')
 
 
+def eval_curve(segment_dir: str) -> dict[int, float]:
+  """{step: validation mIoU} of a segment run's periodic evaluations, from its TensorBoard events
+  (`eval/miou`); a step evaluated twice (a resumed run repeating steps after its last checkpoint)
+  keeps the later figure."""
+  import tensorflow as tf   # only here: the rest of the comparison runs without it
+  curve = {}
+  for events in sorted(glob.glob(os.path.join(segment_dir, 'logs', '*tfevents*'))):
+    for record in tf.data.TFRecordDataset(events):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.tag == 'eval/miou':
+          curve[int(event.step)] = float(tf.make_ndarray(value.tensor))
+  return dict(sorted(curve.items()))
+
+
+def best_so_far(curve: dict[int, float]) -> dict[int, float]:
+  """{step: the best mIoU evaluated up to that step}."""
+  best, out = -1.0, {}
+  for step, miou in sorted(curve.items()):
+    out[step] = best = max(best, miou)
+  return out
+
+
 def arguments(description: str, methods: dict, workdir: str, steps: int = 1000
               ) -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=description)
@@ -69,7 +93,8 @@ def arguments(description: str, methods: dict, workdir: str, steps: int = 1000
 def compare(args, *, config: str, shared_stages: str, methods: dict[str, dict],
             links: tuple[str, ...], checkpoints: dict[str, str], world: tuple[str, ...] = (),
             sdes: tuple[str, ...] = ('sde',)) -> dict:
-  """Runs the shared stages, then every (method, seed); returns {method: mean, std, runs}.
+  """Runs the shared stages, then every (method, seed); returns {method: mean, std, runs, and
+  best_so_far: per run {step: best validation mIoU up to that step}}.
 
   methods: name -> {config key under `config.`: value}; links: the shared run's folders each run
   reads (symlinked); checkpoints: config key -> folder of the shared run (e.g. the SDE); world:
@@ -81,7 +106,7 @@ def compare(args, *, config: str, shared_stages: str, methods: dict[str, dict],
               f'--config.{sde}.optim.schedule.boundaries=({int(0.8 * args.sde_steps)},)']
   shared = os.path.abspath(os.path.join(args.workdir, 'shared'))
   run_main(config, shared, *world, f'--config.stages={shared_stages}')
-  results = {}
+  results, curves = {}, {}
   for method in filter(None, args.methods.split(',')):   # --methods= : the shared run only
     if method not in methods:
       raise SystemExit(f'unknown method {method!r} (known: {", ".join(methods)})')
@@ -100,8 +125,10 @@ def compare(args, *, config: str, shared_stages: str, methods: dict[str, dict],
                *(f'--config.{o}' for o in args.override))
       with open(os.path.join(run, 'eval.json')) as f:
         results.setdefault(method, []).append(json.load(f)['miou'])
+      curves.setdefault(method, []).append(best_so_far(eval_curve(os.path.join(run, 'segment'))))
       print(f'{method:14s} seed {seed}: mIoU {100 * results[method][-1]:.2f}', flush=True)
-  table = {m: dict(miou_mean=float(np.mean(v)), miou_std=float(np.std(v)), runs=v)
+  table = {m: dict(miou_mean=float(np.mean(v)), miou_std=float(np.std(v)), runs=v,
+                   best_so_far=curves[m])
            for m, v in results.items()}
   for method, row in table.items():
     print(f'{method:14s} {100 * row["miou_mean"]:6.2f} +- {100 * row["miou_std"]:.2f}')

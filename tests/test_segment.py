@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from benchmarks import comparison
 from configs import base
 from sdeseg_jax import stages
 from sdeseg_jax.models import networks
@@ -40,6 +41,17 @@ def test_multitask_depthmix_trains_and_evaluates(workdir):
       tags.update(value.tag for value in event.summary.value)
   assert {'mix/mask', 'mix/mixed_augmented', 'mix/pseudo_labels', 'labeled/prediction',
           'labeled/ground_truth', 'eval/miou', 'loss/total'} <= tags
+
+
+def test_comparison_reads_the_evaluation_curve(workdir):
+  """benchmarks/comparison.py's curve of a run: every periodic evaluation, the best of them the
+  checkpoint best.json records."""
+  curve = comparison.eval_curve(os.path.join(workdir, 'segment'))
+  best = json.load(open(os.path.join(workdir, 'segment', 'best.json')))
+  assert sorted(curve) == [2, 4]
+  step = max(curve, key=curve.get)
+  assert (step, curve[step]) == (best['step'], pytest.approx(best['miou']))
+  assert comparison.best_so_far(curve) == {2: curve[2], 4: max(curve.values())}
 
 
 def test_transfer_with_depth_labels_runs_every_mix(workdir):
