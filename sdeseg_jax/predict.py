@@ -32,6 +32,11 @@ from data_pipelines.datasets import common
 from sdeseg_jax.models import networks
 from sdeseg_jax.training import checkpointing
 
+# imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (to keep Ctrl-C from reaching it) unless
+# this is set. A preexec_fn runs Python in the forked child before exec, which is unsafe in this
+# multithreaded (JAX) process and can deadlock. Without it a Ctrl-C stops ffmpeg too, as it should.
+os.environ.setdefault('IMAGEIO_FFMPEG_NO_PREVENT_SIGINT', '1')
+
 # Cityscapes colours of the 19 training classes (trainId order).
 CITYSCAPES_COLOURS = np.array([
     (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
