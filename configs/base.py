@@ -40,6 +40,8 @@ def model_config(depth: int = 101, output_stride: int = 16,
                                # (reference); False: the final head's CE alone
       distillation=True,       # mtl: PAD-Net's exchange of distilled features between the depth
                                # and segmentation decoders (reference); False: none
+      projected_head=False,    # mtl: True puts the transfer head's 1x1 projection before PAD-Net's
+                               # classifier; False: the classifier alone (reference)
       compute_dtype='float32',                        # float32 | bfloat16 (params stay float32)
   ))
 

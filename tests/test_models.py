@@ -156,6 +156,26 @@ def test_multitask_network_without_distillation():
       np.testing.assert_array_equal(out['disp'][s], disp_moved[s])
 
 
+def test_multitask_network_with_projected_head():
+  """projected_head=True replaces PAD-Net's classifier by the transfer network's head (its own
+  parameters, same design): the logits are that head applied to the segmentation decoder's level-0
+  output, and nothing else changes."""
+  frames = jax.random.uniform(KEY, (1, 3, 64, 64, 3))
+  config = base.make_tiny(base.model_config())
+  config.projected_head = True
+  network = networks.build('mtl', config)
+  variables = network.init(KEY, frames)
+  pad = variables['params']['pad']
+  assert 'classifier' not in pad and set(pad['seg_head']) == {'project', 'classifier'}
+  reference = jax.eval_shape(lambda: networks.build('mtl', base.make_tiny(base.model_config())
+                                                    ).init(KEY, frames))['params']['pad']
+  assert set(pad) - {'seg_head'} == set(reference) - {'classifier'}
+  out = network.apply(variables, frames)
+  head = decoder.SegmentationHead(config.num_classes)
+  np.testing.assert_allclose(out['logits'], head.apply({'params': pad['seg_head']},
+                                                       out['seg_levels'][0]), rtol=1e-6)
+
+
 def test_output_stride_32_and_8():
   x = jnp.zeros((1, 64, 128, 3))
   f32 = jax.eval_shape(lambda: resnet.ResNet(101, 32).init_with_output(KEY, x))[0]

@@ -119,7 +119,7 @@ class MultiTaskNetwork(nn.Module):
     self.encoder = encoder_from_config(self.config.encoder, dtype)
     # Run configs written before a switch existed (predict reads them) lack it: PADNet's own
     # default, the reference's behaviour, is what they trained with.
-    switches = {key: self.config[key] for key in ('side_output', 'distillation')
+    switches = {key: self.config[key] for key in ('side_output', 'distillation', 'projected_head')
                 if key in self.config}
     self.pad = padnet.PADNet(self.config.num_classes, **decoder_design(self.config.decoder),
                              **switches, dtype=dtype)

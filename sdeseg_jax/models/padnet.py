@@ -35,6 +35,8 @@ class PADNet(nn.Module):
     side_output: the side head on the segmentation features before distillation (reference: on).
     distillation: the exchange of distilled features at `distill_level` (reference: on); off, the
       two decoders share only the encoder.
+    projected_head: the final head as the transfer network's, a 1x1 projection without bias before
+      the classifier (decoder.SegmentationHead); reference: off, the classifier alone.
   """
   num_classes: int
   channels: Sequence[int] = (64, 128, 128, 256, 256)
@@ -43,6 +45,7 @@ class PADNet(nn.Module):
   distill_level: int = 2
   side_output: bool = True
   distillation: bool = True
+  projected_head: bool = False
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
@@ -75,7 +78,10 @@ class PADNet(nn.Module):
           depth_x + Distillation(width, self.dtype, name='distill_seg_to_depth')(seg_x))
     _, late_depth = depth_decoder.run_levels(depth_x, features, second, train)
     seg_x, late_seg = seg_decoder.run_levels(seg_x, features, second, train)
-    logits = layers.Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
-                         name='classifier')(seg_x).astype(jnp.float32)
+    if self.projected_head:
+      logits = decoder.SegmentationHead(self.num_classes, dtype=self.dtype, name='seg_head')(seg_x)
+    else:
+      logits = layers.Conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
+                           name='classifier')(seg_x).astype(jnp.float32)
     disp = {**depth_decoder.disparities(depth_levels), **depth_decoder.disparities(late_depth)}
     return dict(logits=logits, **side, disp=disp, seg_levels={**seg_levels, **late_seg})
