@@ -70,9 +70,11 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir) -> list[str]:
-  """Runs sdeseg_jax.main in `processes` processes; returns each one's output."""
-  command = [sys.executable, '-m', 'sdeseg_jax.main', f'--workdir={workdir}', *COMMON, *args]
+def _launch(command: list[str], *, processes: int, devices: int, log_name: str,
+            log_dir) -> list[str]:
+  """Runs `command` in `processes` processes joined by a localhost coordinator (the flags
+  --coordinator_address, --num_processes and --process_id are appended); returns each one's output.
+  """
   if processes > 1:
     port = _free_port()
     commands = [command + [f'--coordinator_address=localhost:{port}',
@@ -80,7 +82,7 @@ def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir) -> 
                 for i in range(processes)]
   else:
     commands = [command]
-  logs = [os.path.join(log_dir, f'{os.path.basename(workdir)}_{len(os.listdir(log_dir))}_{i}.log')
+  logs = [os.path.join(log_dir, f'{log_name}_{len(os.listdir(log_dir))}_{i}.log')
           for i in range(len(commands))]
   running = []
   for c, log in zip(commands, logs):
@@ -99,6 +101,13 @@ def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir) -> 
   for i, (code, output) in enumerate(zip(codes, outputs)):
     assert code == 0, f'process {i} of {len(commands)} exited {code}:\n{output[-4000:]}'
   return outputs
+
+
+def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir) -> list[str]:
+  """Runs sdeseg_jax.main in `processes` processes; returns each one's output."""
+  command = [sys.executable, '-m', 'sdeseg_jax.main', f'--workdir={workdir}', *COMMON, *args]
+  return _launch(command, processes=processes, devices=devices,
+                 log_name=os.path.basename(workdir), log_dir=log_dir)
 
 
 def _flat(tree) -> dict:
@@ -206,12 +215,38 @@ def test_a_two_process_checkpoint_restores_onto_one_device(runs):
 def test_only_process_zero_logs_and_writes_summaries(runs):
   _, multi, (primary, secondary) = runs
   assert 'Process 0 of 2; 2 local of 4 devices' in primary
+  assert 'Collectives connected across 4 devices' in primary
   assert 'steps_per_sec' in primary and 'Running stage' in primary
   # Process 1 says nothing at INFO (its CLU logging writer is silenced with it).
   assert 'steps_per_sec' not in secondary and 'Running stage' not in secondary
   # Image summaries are gathered across processes: process 0 logged the whole batch of 4.
   assert "Got images: {'disparity': (4," in primary
   assert os.listdir(os.path.join(multi, 'sde', 'logs'))
+
+
+# Process 1 reaches its first collective 40 s after process 0, as after a slower compile: longer
+# than gloo's fixed 30 s for connecting a group of devices, which initialize() does up front.
+_LATE_PROCESS = """
+import sys, time
+import jax, jax.numpy as jnp, numpy as np
+from sdeseg_jax.training import distributed, sharding
+flags = dict(a[2:].split('=') for a in sys.argv[1:])
+distributed.initialize('on', coordinator_address=flags['coordinator_address'],
+                       num_processes=int(flags['num_processes']), process_id=int(flags['process_id']))
+if jax.process_index() == 1:
+  time.sleep(40)
+mesh = sharding.make_mesh()
+rows = jax.process_index() * jax.local_device_count() + np.arange(jax.local_device_count())
+x = sharding.global_batch({'x': rows.astype(np.float32)}, mesh)['x']
+print('max over devices:', float(jax.jit(jnp.max, out_shardings=sharding.replicated(mesh))(x)))
+"""
+
+
+def test_a_process_late_to_its_first_collective(tmp_path):
+  outputs = _launch([sys.executable, '-c', _LATE_PROCESS], processes=2, devices=2,
+                    log_name='late', log_dir=str(tmp_path))
+  for output in outputs:
+    assert 'max over devices: 3.0' in output
 
 
 def test_cluster_detection():

@@ -21,6 +21,10 @@ import os
 from typing import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sdeseg_jax.training import sharding
 
 MODES = ('auto', 'on', 'off')
 # PCI vendor id of Google's TPU chips (what JAX's own TPU detection looks for in sysfs).
@@ -105,7 +109,29 @@ def initialize(mode: str = 'auto', *, coordinator_address: str | None = None,
         'SLURM/Open MPI/a Cloud TPU VM, or --distributed=off for one process.') from e
   logging.info('Process %d of %d; %d local of %d devices', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count())
+  _connect_collectives()
   return True
+
+
+def _connect_collectives() -> None:
+  """Runs a barrier and a sum over the data mesh while all processes have just connected.
+
+  XLA connects the devices of a collective lazily, at its first execution, and on CPU (gloo) all
+  processes must arrive there within a fixed 30 s (XLA's gloo key-value deadline; collectives on a
+  connected group wait 30 minutes). Left to the training loop, the first collective is the first
+  step's gradient reduction, which each process reaches after compiling the step itself: on busy
+  cores their compile times differ by more than that. The connections last for the process's
+  life, so making them here, where the processes are in step, covers every later program: they all
+  use the data mesh's devices (and barriers the per-process groups).
+  """
+  barrier('jax.distributed connected')
+  mesh = sharding.make_mesh()
+  ones = sharding.global_batch({'x': np.ones(jax.local_device_count(), np.int32)}, mesh)['x']
+  total = int(jax.jit(jnp.sum, out_shardings=sharding.replicated(mesh))(ones))
+  if total != jax.device_count():
+    raise RuntimeError(f'a sum over the {jax.device_count()} devices of {jax.process_count()} '
+                       f'processes gave {total}: the collectives do not reach every device')
+  logging.info('Collectives connected across %d devices', total)
 
 
 def is_primary() -> bool:
