@@ -20,10 +20,9 @@ for gradients that are zero up to summation order and cannot be compared at 1e-5
 A further two-process script has one process reach its first collective 40 s after the other
 (gloo gives a group of devices 30 s to connect; distributed.initialize connects them up front).
 
-Time: about 5 minutes on two busy cores (the single-process reference 35 s; each of the two
-two-process runs 1-2.5 min, two processes sharing the cores and gloo's many small reductions), with
-the persistent compilation cache of tests/ warm; the first run also compiles for the 4-device layouts.
-With a cold cache (CI's clean clone) 10-14 minutes, the late-process script 45 s of it.
+Time: as `make test` runs it on a clean clone (after the other tests, whose compilation cache holds
+none of the 4-device programs), 5 minutes on two otherwise idle cores (the fixture's three runs 4.2
+min, the late-process script 41 s); 10-14 minutes on two cores busy with other work.
 """
 
 import json
