@@ -5,7 +5,7 @@ skips it, says why, and warns when the config has changed since.
 
 With several processes (sdeseg_jax.training.distributed) every process runs every stage, except
 those in PRIMARY_ONLY, which process 0 runs while the others wait; all processes meet at a barrier
-before and after each stage, and only process 0 writes the markers (the workdir is shared).
+before and after each stage they run, and only process 0 writes the markers (the workdir is shared).
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   ran = []
   for name in names:
     marker = done_marker(workdir, name)
-    # Every process decides on the same marker state (process 0 may just have written one).
-    distributed.barrier(f'before stage {name}')
+    # Read before the barrier, so every process sees the same marker state: only a run of this
+    # stage writes the marker, and every process must reach the barrier before that run starts.
     if os.path.exists(marker):
       with open(marker) as f:
         previous = json.load(f)
@@ -81,6 +81,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
         logging.warning('Stage %r ran with a different config than the current one; its outputs '
                         'are kept. Delete %s to rerun it with the current config.', name, marker)
       continue
+    distributed.barrier(f'before stage {name}')
     logging.info('Running stage %r', name)
     if distributed.is_primary() or name not in PRIMARY_ONLY:
       stage_function(name)(config, workdir)
