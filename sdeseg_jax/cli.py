@@ -1,6 +1,8 @@
 """What the command-line entry points (sdeseg_jax.main, sdeseg_jax.select) share: logging, the
-compilation cache, flag parsing with one-line errors, and the exit status of a preempted run."""
+compilation cache, flag parsing with one-line errors, and the exit status of a preempted run or of
+bad input."""
 
+import contextlib
 import logging
 import os
 import sys
@@ -8,10 +10,15 @@ import sys
 from absl import flags
 import jax
 
-from sdeseg_jax import stages
+from data_pipelines.datasets import DataError
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.training import checkpointing
 from sdeseg_jax.training import loop
+from sdeseg_jax.weights.report import WeightImportError
 
+# Errors of bad input: a config that cannot work, a data set, checkpoint or weight file that does
+# not hold what it must.
+USER_ERRORS = (ConfigError, DataError, checkpointing.CheckpointError, WeightImportError)
 # Exit status after a preemption save (128 + SIGTERM, as a process killed by it): not finished,
 # run the same command again to continue.
 PREEMPTED_EXIT_CODE = 143
@@ -29,13 +36,18 @@ def start(config) -> None:
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
 
 
-def run_stages(config, workdir: str) -> None:
-  """stages.run_stages, exiting with PREEMPTED_EXIT_CODE after a preemption save."""
+@contextlib.contextmanager
+def exit_status():
+  """Ends the process as a command line tool should when the work inside stops early: after a
+  preemption save with PREEMPTED_EXIT_CODE, and on bad input (USER_ERRORS, whose messages name the
+  key, file or value at fault) with status 1 and that message in one line, not a traceback."""
   try:
-    stages.run_stages(config, workdir)
+    yield
   except loop.Preempted as e:
     logging.warning('%s', e)
     sys.exit(PREEMPTED_EXIT_CODE)
+  except USER_ERRORS as e:
+    sys.exit(f'FATAL {type(e).__name__}: {e}')
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from sdeseg_jax import cli
+from sdeseg_jax import stages
 from sdeseg_jax.training import distributed
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -40,16 +41,18 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   cli.start(config)
-  # Before anything touches a device: initialising a backend first makes initialize() fail.
-  distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                         num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  if not distributed.is_primary():
-    # Process 0 speaks for the run; the others report only warnings and errors (CLU's
-    # LoggingWriter, which they keep, logs at INFO and so goes quiet too).
-    logging.getLogger().setLevel(logging.WARNING)
-    absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.info('Experiment %s in %s, stages: %s', config.experiment, _WORKDIR.value, config.stages)
-  cli.run_stages(config, _WORKDIR.value)
+  with cli.exit_status():
+    # Before anything touches a device: initialising a backend first makes initialize() fail.
+    distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    if not distributed.is_primary():
+      # Process 0 speaks for the run; the others report only warnings and errors (CLU's
+      # LoggingWriter, which they keep, logs at INFO and so goes quiet too).
+      logging.getLogger().setLevel(logging.WARNING)
+      absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.info('Experiment %s in %s, stages: %s', config.experiment, _WORKDIR.value,
+                 config.stages)
+    stages.run_stages(config, _WORKDIR.value)
 
 
 if __name__ == '__main__':

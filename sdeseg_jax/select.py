@@ -21,6 +21,7 @@ import jax
 from ml_collections import config_flags
 
 from sdeseg_jax import cli
+from sdeseg_jax import stages
 from sdeseg_jax.stages import select_labels
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
@@ -42,11 +43,12 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   cli.start(config)
-  select_labels.check_config(config.select)
-  config.stages = ','.join(required_stages(config.select))
-  logging.info('Selecting with %s in %s, stages: %s', config.select.method, _WORKDIR.value,
-               config.stages)
-  cli.run_stages(config, _WORKDIR.value)
+  with cli.exit_status():
+    select_labels.check_config(config)
+    config.stages = ','.join(required_stages(config.select))
+    logging.info('Selecting with %s in %s, stages: %s', config.select.method, _WORKDIR.value,
+                 config.stages)
+    stages.run_stages(config, _WORKDIR.value)
   if jax.process_index() == 0:
     out = os.path.abspath(_OUT.value)
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -10,6 +10,7 @@ import pytest
 
 from configs import base
 from sdeseg_jax import stages
+from sdeseg_jax.errors import ConfigError
 from tests import fixtures
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,6 +73,28 @@ def test_data_stage_names_a_bad_label(tmp_path):
   assert not os.path.exists(stages.done_marker(workdir, 'data'))
 
 
+def test_a_later_stage_with_a_bad_config_fails_before_any_stage_runs(tmp_path):
+  raw = fixtures.write_cityscapes(str(tmp_path / 'raw'))
+  workdir = str(tmp_path / 'work')
+  for key, value, message in (('segment.mix', 'cutmix', "config.segment.mix='cutmix'"),
+                              ('evaluate.class_subsets', ('16', '17'), r"unknown \['17'\]")):
+    config = _fixture_config(raw)
+    with config.unlocked():
+      config.stages = 'data,segment,evaluate'
+      section, name = key.split('.')
+      config[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+      stages.run_stages(config, workdir)
+    assert not os.path.exists(stages.done_marker(workdir, 'data'))
+  # A finished stage is not checked again: only those still to run are.
+  config = _fixture_config(raw)
+  stages.run_stages(config, workdir)
+  with config.unlocked():
+    config.stages = 'data'
+    config.segment.mix = 'cutmix'
+  assert stages.run_stages(config, workdir) == []
+
+
 def _main(*args):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
   return subprocess.run([sys.executable, '-m', 'sdeseg_jax.main', *args], cwd=REPO, env=env,
@@ -88,3 +111,16 @@ def test_main_cli_overrides_and_unknown_keys(tmp_path):
   result = _main('--config=configs/base.py', f'--workdir={tmp_path}/w2', '--config.data.trget.root=x')
   assert result.returncode != 0
   assert 'trget' in result.stderr
+
+
+def test_main_reports_bad_input_in_one_line(tmp_path):
+  """A config that cannot work and a data set that is not there end the run with status 1 and the
+  message, not a traceback."""
+  for override, message in (
+      ('--config.segment.mix=cutmix', "FATAL ConfigError: config.segment.mix='cutmix': expected"),
+      (f'--config.data.target.raw_root={tmp_path}/nowhere', f'FATAL DataError: {tmp_path}/nowhere')):
+    result = _main('--config=configs/base.py', f'--workdir={tmp_path}/w', override,
+                   '--config.stages=data,segment')
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
+    assert 'Traceback' not in result.stderr

@@ -10,6 +10,7 @@ import pytest
 from benchmarks import comparison
 from configs import base
 from sdeseg_jax import stages
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.stages import segment
 from sdeseg_jax.training import optim
@@ -83,14 +84,15 @@ def test_resume_from_the_last_checkpoint_is_exact(workdir):
 def test_depthmix_without_depth_labels_is_refused(tmp_path):
   config = _tiny()
   config.segment.update(network='transfer', mix='depthmix')
-  with pytest.raises(ValueError, match='run the depth_labels stage first'):
-    segment.check_config(config, str(tmp_path))
+  segment.check_config(config)
+  with pytest.raises(ConfigError, match='run the depth_labels stage first'):
+    segment.check_depth_labels(config, str(tmp_path))
   config.segment.mix = 'cutmix'
-  with pytest.raises(ValueError, match="mix='cutmix'"):
-    segment.check_config(config, str(tmp_path))
+  with pytest.raises(ConfigError, match="mix='cutmix'"):
+    segment.check_config(config)
   config.segment.update(mix='none', init='imagenet')
-  with pytest.raises(ValueError, match='needs config.segment.imagenet_encoder'):
-    segment.check_config(config, str(tmp_path))
+  with pytest.raises(ConfigError, match='needs config.segment.imagenet_encoder'):
+    segment.check_config(config)
 
 
 def test_multitask_depthmix_from_depth_labels_without_online_depth(tmp_path):
@@ -99,8 +101,8 @@ def test_multitask_depthmix_from_depth_labels_without_online_depth(tmp_path):
   config = _tiny()
   config.segment.update(network='mtl', mix='depthmix', depthmix_online_depth=False)
   assert segment.needs_depth_labels(config.segment)['target']
-  with pytest.raises(ValueError, match='depthmix_online_depth=True'):
-    segment.check_config(config, str(tmp_path))
+  with pytest.raises(ConfigError, match='depthmix_online_depth=True'):
+    segment.check_depth_labels(config, str(tmp_path))
   rng = np.random.default_rng(0)
   b, h, w, c = 2, 8, 6, 19
   mix_batch = dict(image=rng.uniform(size=(b, h, w, 3)).astype(np.float32),
@@ -114,7 +116,7 @@ def test_multitask_depthmix_from_depth_labels_without_online_depth(tmp_path):
   assert float(mixed['sde_term']) == 0.0 and stats == {}
   config.segment.depthmix_online_depth = True  # the student's own disparity: no labels needed
   assert not segment.needs_depth_labels(config.segment)['target']
-  segment.check_config(config, str(tmp_path))
+  segment.check_depth_labels(config, str(tmp_path))
 
 
 @pytest.mark.parametrize('kind', ['transfer', 'mtl'])

@@ -231,8 +231,8 @@ def test_config_errors_name_the_key():
     broken = demo.get_config('tiny')
     broken.select[key] = value
     with pytest.raises(ValueError, match=message):
-      select_labels.check_config(broken.select)
-  select_labels.check_config(config.select)
+      select_labels.check_config(broken)
+  select_labels.check_config(config)
   with pytest.raises(Exception, match='run that stage first'):
     select_labels.selection_file('select_labels', '/nonexistent')
   assert select_labels.selection_file('', '/w') == ''
@@ -255,7 +255,7 @@ def test_select_cityscapes_variants_are_the_table_rows():
   with pytest.raises(ValueError, match='exceeds'):
     select_cityscapes.get_config('labels=2975')
   for method in select_cityscapes.METHODS:
-    select_labels.check_config(select_cityscapes.get_config(f'method={method}').select)
+    select_labels.check_config(select_cityscapes.get_config(f'method={method}'))
 
 
 # ---------------------------------------------------------------------------------------------

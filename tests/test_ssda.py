@@ -12,6 +12,7 @@ import pytest
 from benchmarks import ssda_comparison
 from configs import demo
 from sdeseg_jax import stages
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.stages import segment
 from sdeseg_jax.training import checkpointing
 from tests import runs
@@ -153,15 +154,16 @@ def test_configs_name_the_ssda_rows():
 def test_impossible_ssda_configs_are_refused(tmp_path):
   config = _tiny()
   config.segment.source.batch_size = 3
-  with pytest.raises(ValueError, match='source.batch_size \\(3\\) equal to config.segment.mix_b'):
-    segment.check_config(config, str(tmp_path))
+  with pytest.raises(ConfigError, match='source.batch_size \\(3\\) equal to config.segment.mix_b'):
+    segment.check_config(config)
   config = _tiny()
-  with pytest.raises(ValueError, match="depth_labels.roles including 'source'"):
+  segment.check_config(config)
+  with pytest.raises(ConfigError, match="depth_labels.roles including 'source'"):
     os.makedirs(tmp_path / 'depth' / 'target')
-    segment.check_config(config, str(tmp_path))
+    segment.check_depth_labels(config, str(tmp_path))
   config.data.source.name = ''
-  with pytest.raises(ValueError, match='config.data.source.name'):
-    segment.check_config(config, str(tmp_path))
+  with pytest.raises(ConfigError, match='config.data.source.name'):
+    segment.check_config(config)
 
 
 @pytest.fixture(scope='module')

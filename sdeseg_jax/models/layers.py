@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sdeseg_jax.errors import ConfigError
+
 Dtype = Any
 
 # torchvision ResNets: kaiming normal, fan_out, ReLU gain.
@@ -146,7 +148,7 @@ CPU_CONVOLUTION_ENV = 'SDESEG_CPU_CONVOLUTION'
 def cpu_convolution() -> str:
   value = os.environ.get(CPU_CONVOLUTION_ENV, 'native')
   if value not in ('native', 'im2col'):
-    raise ValueError(f'{CPU_CONVOLUTION_ENV}={value!r}: expected native or im2col')
+    raise ConfigError(f'{CPU_CONVOLUTION_ENV}={value!r}: expected native or im2col')
   return value
 
 

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import decoder
 from sdeseg_jax.models import padnet
 from sdeseg_jax.models import pose
@@ -41,7 +42,7 @@ def encoder_from_config(config: ml_collections.ConfigDict, dtype,
 def decoder_design(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """channels / aspp_rates / batch_norm of a named decoder, channels scaled by config.width_scale."""
   if config.name not in decoder.DECODERS:
-    raise ValueError(f'decoder {config.name!r}: expected one of {sorted(decoder.DECODERS)}')
+    raise ConfigError(f'decoder {config.name!r}: expected one of {sorted(decoder.DECODERS)}')
   design = dict(decoder.DECODERS[config.name])
   design['channels'] = tuple(max(1, round(c * config.width_scale)) for c in design['channels'])
   return design
@@ -155,9 +156,9 @@ NETWORKS = {'sde': SDENetwork, 'transfer': TransferSegmenter, 'mtl': MultiTaskNe
 def build(kind: str, config: ml_collections.ConfigDict) -> nn.Module:
   """The network `kind` configured by a model config (configs/base.py model_config)."""
   if kind not in NETWORKS:
-    raise ValueError(f'network {kind!r}: expected one of {sorted(NETWORKS)}')
+    raise ConfigError(f'network {kind!r}: expected one of {sorted(NETWORKS)}')
   if config.compute_dtype not in DTYPES:
-    raise ValueError(f'compute_dtype {config.compute_dtype!r}: expected one of {sorted(DTYPES)}')
+    raise ConfigError(f'compute_dtype {config.compute_dtype!r}: expected one of {sorted(DTYPES)}')
   return NETWORKS[kind](config)
 
 

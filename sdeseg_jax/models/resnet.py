@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import layers
 
 # name -> (block, blocks per stage)
@@ -99,9 +100,9 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> list[jax.Array]:
     """[B, H, W, C] images (C = 3 * frames) -> [f0, f1, f2, f3, f4]."""
     if self.depth not in ARCHITECTURES:
-      raise ValueError(f'ResNet depth {self.depth}: expected one of {sorted(ARCHITECTURES)}')
+      raise ConfigError(f'ResNet depth {self.depth}: expected one of {sorted(ARCHITECTURES)}')
     if self.output_stride not in DILATE:
-      raise ValueError(f'output_stride {self.output_stride}: expected one of {sorted(DILATE)}')
+      raise ConfigError(f'output_stride {self.output_stride}: expected one of {sorted(DILATE)}')
     block_name, default_sizes = ARCHITECTURES[self.depth]
     block_cls = {'basic': BasicBlock, 'bottleneck': Bottleneck}[block_name]
     if self.remat:
@@ -109,8 +110,8 @@ class ResNet(nn.Module):
       block_cls = nn.remat(block_cls, static_argnums=(2,))
     stage_sizes = tuple(self.stage_sizes or default_sizes)
     if block_name == 'basic' and self.output_stride != 32:
-      raise ValueError(f'ResNet{self.depth} (basic blocks) supports output stride 32 only, as '
-                       'torchvision')
+      raise ConfigError(f'ResNet{self.depth} (basic blocks) supports output stride 32 only, as '
+                        'torchvision')
     if self.normalize_input:
       x = (x - 0.45) / 0.225
     x = layers.Conv(self.width, 7, 2, padding=3, kernel_init=layers.kaiming_fan_out,

@@ -18,6 +18,7 @@ import os
 
 import ml_collections
 
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.training import distributed
 
 # Stage name -> 'module' holding its run(), or 'module:function'; in the order the method runs them.
@@ -30,6 +31,15 @@ STAGES = {
     'segment': 'sdeseg_jax.stages.segment',
     'evaluate': 'sdeseg_jax.stages.evaluate',
 }
+# The config checks of the stages that have one (config -> None, raising ConfigError): run_stages
+# calls them for every stage it will run before it runs the first, so that a bad value of a late
+# stage fails in seconds, not after hours of the earlier ones.
+CONFIG_CHECKS = {
+    'sde_source': 'sdeseg_jax.stages.sde_pretrain:check_source_config',
+    'select_labels': 'sdeseg_jax.stages.select_labels:check_config',
+    'segment': 'sdeseg_jax.stages.segment:check_config',
+    'evaluate': 'sdeseg_jax.stages.evaluate:check_config',
+}
 # Stages with no device work that write shared files (rendering, preparing, summarising): two
 # processes doing them at once would race on the same files.
 PRIMARY_ONLY = frozenset({'data'})
@@ -40,16 +50,21 @@ def parse_stages(text: str) -> list[str]:
   names = [n.strip() for n in text.split(',') if n.strip()]
   unknown = [n for n in names if n not in STAGES]
   if unknown:
-    raise ValueError(f'config.stages: unknown stage(s) {unknown} (known: {", ".join(STAGES)})')
+    raise ConfigError(f'config.stages: unknown stage(s) {unknown} (known: {", ".join(STAGES)})')
   if not names:
-    raise ValueError('config.stages is empty: name at least one stage')
+    raise ConfigError('config.stages is empty: name at least one stage')
   return names
+
+
+def _resolve(spec: str):
+  """'module' (its run) or 'module:function' -> the function."""
+  module, _, function = spec.partition(':')
+  return getattr(importlib.import_module(module), function or 'run')
 
 
 def stage_function(name: str):
   """The run(config, workdir) of stage `name`."""
-  module, _, function = STAGES[name].partition(':')
-  return getattr(importlib.import_module(module), function or 'run')
+  return _resolve(STAGES[name])
 
 
 def done_marker(workdir: str, stage: str) -> str:
@@ -64,8 +79,15 @@ def _comparable(config: ml_collections.ConfigDict) -> dict:
 
 
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
-  """Runs config.stages in order, skipping finished ones; returns the stages that ran."""
+  """Runs config.stages in order, skipping finished ones; returns the stages that ran.
+
+  Raises ConfigError, before any stage runs, when a stage to run has a config that cannot work.
+  """
   names = parse_stages(config.stages)
+  pending = [n for n in names if not os.path.exists(done_marker(workdir, n))]
+  for name in pending:
+    if name in CONFIG_CHECKS:
+      _resolve(CONFIG_CHECKS[name])(config)
   os.makedirs(workdir, exist_ok=True)
   ran = []
   for name in names:

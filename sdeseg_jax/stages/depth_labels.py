@@ -17,6 +17,7 @@ import numpy as np
 from data_pipelines import pipeline
 from data_pipelines import sources
 from data_pipelines.datasets import DataError
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.stages import sde_pretrain
 from sdeseg_jax.training import checkpointing
@@ -50,8 +51,8 @@ def _save_atomic(path: str, array: np.ndarray) -> None:
 def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: str) -> int:
   """Predicts and writes the missing depth labels of `role`; returns how many were written."""
   if role not in SDE_OF_ROLE:
-    raise ValueError(f'config.depth_labels.roles: {role!r} has no SDE stage (known: '
-                     f'{sorted(SDE_OF_ROLE)})')
+    raise ConfigError(f'config.depth_labels.roles: {role!r} has no SDE stage (known: '
+                      f'{sorted(SDE_OF_ROLE)})')
   folder, model_key = SDE_OF_ROLE[role]
   entry = config.data[role]
   mesh = sharding.make_mesh()

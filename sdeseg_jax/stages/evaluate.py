@@ -22,6 +22,7 @@ from PIL import Image
 from data_pipelines import pipeline
 from data_pipelines import sources
 from sdeseg_jax import predict as predict_lib
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import segmentation
 from sdeseg_jax.stages import segment
@@ -31,12 +32,26 @@ from sdeseg_jax.training import sharding
 CLASS_SUBSETS = {'16': segmentation.SYNTHIA_16_CLASSES, '13': segmentation.SYNTHIA_13_CLASSES}
 
 
+WEIGHTS = ('best', 'latest')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails on evaluate values that cannot work, naming the key (before any stage runs)."""
+  which, subsets = config.evaluate.weights, tuple(config.evaluate.class_subsets)
+  if which not in WEIGHTS:
+    raise ConfigError(f'config.evaluate.weights={which!r}: expected one of {WEIGHTS}')
+  unknown = [name for name in subsets if name not in CLASS_SUBSETS]
+  if unknown:
+    raise ConfigError(f'config.evaluate.class_subsets={subsets}: unknown {unknown} (known: '
+                      f'{tuple(CLASS_SUBSETS)})')
+
+
 def load_weights(workdir: str, which: str) -> dict:
   """{'params', 'batch_stats'} of the segment stage: its best evaluated or its latest weights."""
+  if which not in WEIGHTS:
+    raise ConfigError(f'config.evaluate.weights={which!r}: expected one of {WEIGHTS}')
   directory = os.path.join(workdir, 'segment')
   path = os.path.join(directory, 'best') if which == 'best' else os.path.join(directory, 'ckpt')
-  if which not in ('best', 'latest'):
-    raise ValueError(f'config.evaluate.weights={which!r}: expected best or latest')
   if not os.path.isdir(path):
     raise checkpointing.CheckpointError(f'{path}: no segmentation weights; run the segment stage '
                                         'first')
@@ -74,6 +89,7 @@ def format_table(report: dict) -> str:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  check_config(config)
   entry = config.data.target
   mesh = sharding.make_mesh()
   sharding.check_global_batch(config.segment.eval_batch_size, mesh)

@@ -25,6 +25,7 @@ from data_pipelines import pipeline
 from data_pipelines import sampling
 from data_pipelines import sources
 from sdeseg_jax import ops
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.training import checkpointing
 from sdeseg_jax.training import loop
@@ -236,11 +237,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
             directory=os.path.join(workdir, 'sde'))
 
 
+def check_source_config(config: ml_collections.ConfigDict) -> None:
+  """Fails when the sde_source stage has no source dataset to train on (before any stage runs)."""
+  if not config.data.source.name:
+    raise ConfigError('the sde_source stage trains on config.data.source, which names no dataset '
+                      '(set config.data.source.name, e.g. gta5)')
+
+
 def run_source(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The source-domain SDE of domain adaptation (config.source_model, config.source_sde) on the
   source video set -> <workdir>/sde_source."""
-  if not config.data.source.name:
-    raise ValueError('the sde_source stage trains on config.data.source, which names no dataset '
-                     '(set config.data.source.name, e.g. gta5)')
+  check_source_config(config)
   train_sde(config, workdir, role='source', model=config.source_model, sde=config.source_sde,
             directory=os.path.join(workdir, 'sde_source'))

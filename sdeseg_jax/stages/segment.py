@@ -29,6 +29,7 @@ from data_pipelines import subsets
 from data_pipelines.datasets import DataError
 from sdeseg_jax import ops
 from sdeseg_jax import predict as predict_lib
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import augment
 from sdeseg_jax.ops import mixing
@@ -77,36 +78,43 @@ def needs_depth_labels(seg: ml_collections.ConfigDict) -> dict[str, bool]:
           'source': adapt}
 
 
-def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Fails before training on combinations that cannot work, saying what to change."""
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails on values and combinations that cannot work, saying what to change (stages.run_stages
+  calls it before running any stage)."""
   seg = config.segment
   if seg.network not in ('transfer', 'mtl'):
-    raise ValueError(f'config.segment.network={seg.network!r}: expected transfer or mtl')
+    raise ConfigError(f'config.segment.network={seg.network!r}: expected transfer or mtl')
   if seg.mix not in MIXES:
-    raise ValueError(f'config.segment.mix={seg.mix!r}: expected one of {MIXES}')
+    raise ConfigError(f'config.segment.mix={seg.mix!r}: expected one of {MIXES}')
   if seg.init not in ('sde', 'imagenet', 'none'):
-    raise ValueError(f'config.segment.init={seg.init!r}: expected sde, imagenet or none')
+    raise ConfigError(f'config.segment.init={seg.init!r}: expected sde, imagenet or none')
   if seg.init == 'imagenet' and not seg.imagenet_encoder:
-    raise ValueError('config.segment.init=imagenet needs config.segment.imagenet_encoder (a '
-                     'checkpoint from python -m sdeseg_jax.weights.convert --from torchvision)')
+    raise ConfigError('config.segment.init=imagenet needs config.segment.imagenet_encoder (a '
+                      'checkpoint from python -m sdeseg_jax.weights.convert --from torchvision)')
   cross = seg.source
   if cross.enabled:
     if not config.data.source.name:
-      raise ValueError('config.segment.source.enabled needs a source dataset: set '
-                       'config.data.source.name (e.g. gta5) and its root')
+      raise ConfigError('config.segment.source.enabled needs a source dataset: set '
+                        'config.data.source.name (e.g. gta5) and its root')
     if cross.mix not in ('none', 'classmix', 'depthmix'):
-      raise ValueError(f'config.segment.source.mix={cross.mix!r}: expected none, classmix (DACS) '
-                       'or depthmix (Cross-Domain DepthMix)')
+      raise ConfigError(f'config.segment.source.mix={cross.mix!r}: expected none, classmix (DACS) '
+                        'or depthmix (Cross-Domain DepthMix)')
     if cross.disparity not in ('reference', 'normalized'):
-      raise ValueError(f'config.segment.source.disparity={cross.disparity!r}: expected reference '
-                       '(raw source vs normalised target, as the reference) or normalized')
+      raise ConfigError(f'config.segment.source.disparity={cross.disparity!r}: expected reference '
+                        '(raw source vs normalised target, as the reference) or normalized')
     if cross.matching_geometry and cross.batch_size != seg.mix_batch_size:
-      raise ValueError(
+      raise ConfigError(
           f'Matching Geometry Sampling pairs each of the {seg.mix_batch_size} target crops of the '
           f'mixing batch with one source crop: set config.segment.source.batch_size '
           f'({cross.batch_size}) equal to config.segment.mix_batch_size')
     if cross.matching_geometry and cross.candidates < 1:
-      raise ValueError(f'config.segment.source.candidates={cross.candidates}: need at least 1')
+      raise ConfigError(f'config.segment.source.candidates={cross.candidates}: need at least 1')
+
+
+def check_depth_labels(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Fails when the mixing needs depth labels the workdir does not hold, saying which stage makes
+  them (at the stage's start: an earlier stage of the same run may write them)."""
+  seg, cross = config.segment, config.segment.source
   for role, needed in needs_depth_labels(seg).items():
     labels = depth_labels.depth_dir(workdir, role)
     if needed and not os.path.isdir(labels):
@@ -115,10 +123,10 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       stage = 'run the depth_labels stage first' + (
           " with config.depth_labels.roles including 'source' (after the sde_source stage)"
           if role == 'source' else '')
-      raise ValueError(f'{why} reads {role} depth labels from {labels}, which does not exist: '
-                       f'{stage}' + (' (or set segment.network=mtl, '
-                                     'segment.depthmix_online_depth=True)'
-                                     if why.startswith('DepthMix') else ''))
+      raise ConfigError(f'{why} reads {role} depth labels from {labels}, which does not exist: '
+                        f'{stage}' + (' (or set segment.network=mtl, '
+                                      'segment.depthmix_online_depth=True)'
+                                      if why.startswith('DepthMix') else ''))
 
 
 def sde_checkpoint(config, workdir: str) -> str:
@@ -473,7 +481,8 @@ def source_batches(config, workdir: str, depth_dir: str, **options):
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   seg, entry = config.segment, config.data.target
-  check_config(config, workdir)
+  check_config(config)
+  check_depth_labels(config, workdir)
   directory = os.path.join(workdir, 'segment')
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'config.json'), 'w') as f:  # for predict and evaluation

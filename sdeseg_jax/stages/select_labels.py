@@ -43,6 +43,7 @@ from data_pipelines import pipeline
 from data_pipelines import sources
 from data_pipelines.datasets import common
 from sdeseg_jax import ops
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import segmentation
 from sdeseg_jax.stages import data as data_stage
@@ -92,23 +93,25 @@ def student_kind(select: ml_collections.ConfigDict) -> str | None:
   return {'ds_us': 'depth', 'us': 'depth', 'entropy': 'segmentation'}.get(select.method)
 
 
-def check_config(select: ml_collections.ConfigDict) -> None:
-  """Fails before any work on a schedule or method that cannot work, naming the key."""
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails before any work on a schedule or method (config.select) that cannot work, naming the
+  key."""
+  select = config.select
   if select.method not in METHODS:
-    raise ValueError(f'config.select.method={select.method!r}: expected one of {METHODS}')
+    raise ConfigError(f'config.select.method={select.method!r}: expected one of {METHODS}')
   if select.initial not in INITIAL:
-    raise ValueError(f'config.select.initial={select.initial!r}: expected one of {INITIAL}')
+    raise ConfigError(f'config.select.initial={select.initial!r}: expected one of {INITIAL}')
   sizes = [int(s) for s in select.sizes]
   if not sizes or sizes[0] < 1 or any(b <= a for a, b in zip(sizes, sizes[1:])):
-    raise ValueError(f'config.select.sizes={tuple(select.sizes)}: expected increasing sizes >= 1')
+    raise ConfigError(f'config.select.sizes={tuple(select.sizes)}: expected increasing sizes >= 1')
   if student_kind(select) and (len(select.student_steps) < len(sizes) - 1 or
                                any(int(s) < 1 for s in select.student_steps[:len(sizes) - 1])):
-    raise ValueError(f'config.select.student_steps={tuple(select.student_steps)}: method '
-                     f'{select.method!r} trains a student before each of the {len(sizes) - 1} '
-                     'steps after the first; give that many iteration counts >= 1')
+    raise ConfigError(f'config.select.student_steps={tuple(select.student_steps)}: method '
+                      f'{select.method!r} trains a student before each of the {len(sizes) - 1} '
+                      'steps after the first; give that many iteration counts >= 1')
   if tuple(select.feature_pool) and any(int(p) < 1 for p in select.feature_pool):
-    raise ValueError(f'config.select.feature_pool={tuple(select.feature_pool)}: expected '
-                     '(h, w) >= 1')
+    raise ConfigError(f'config.select.feature_pool={tuple(select.feature_pool)}: expected '
+                      '(h, w) >= 1')
 
 
 def _fingerprint(select: ml_collections.ConfigDict, step: int, ids: np.ndarray, seed: int) -> dict:
@@ -151,9 +154,9 @@ def load_finished_steps(workdir: str, select, ids: np.ndarray, seed: int) -> lis
       record = json.load(f)
     expected = _fingerprint(select, step, ids, seed)
     if record.get('fingerprint') != expected:
-      raise ValueError(f'{path}: this finished selection step was made with a different config '
-                       f'({record.get("fingerprint")} != {expected}); delete '
-                       f'{stage_dir(workdir)} to select again with the current config')
+      raise ConfigError(f'{path}: this finished selection step was made with a different config '
+                        f'({record.get("fingerprint")} != {expected}); delete '
+                        f'{stage_dir(workdir)} to select again with the current config')
     records.append(record)
   return records
 
@@ -546,13 +549,13 @@ def student_scores(config, workdir: str, step: int, kind: str, index: common.Exa
 def select(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Runs (or continues) the selection schedule; returns the ordered ids (as selection.json)."""
   select_config = config.select
-  check_config(select_config)
+  check_config(config)
   sizes = [int(s) for s in select_config.sizes]
   reader = sources.open_dataset(config.data.target, workdir, 'target')
   index = reader.segmentation('train')
   if sizes[-1] > len(index):
-    raise ValueError(f'config.select.sizes={tuple(sizes)}: the training split has only '
-                     f'{len(index)} images')
+    raise ConfigError(f'config.select.sizes={tuple(sizes)}: the training split has only '
+                      f'{len(index)} images')
   mesh = sharding.make_mesh()
   records = load_finished_steps(workdir, select_config, index.ids, config.seed)
   if records:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.training import sharding
 
 MODES = ('auto', 'on', 'off')
@@ -86,7 +87,7 @@ def initialize(mode: str = 'auto', *, coordinator_address: str | None = None,
   Must run before anything initialises a JAX backend (jax.devices(), a computation).
   """
   if mode not in MODES:
-    raise ValueError(f'--distributed={mode!r}: expected one of {", ".join(MODES)}')
+    raise ConfigError(f'--distributed={mode!r}: expected one of {", ".join(MODES)}')
   if mode == 'off':
     return False
   explicit = {k: v for k, v in dict(coordinator_address=coordinator_address,
@@ -103,7 +104,7 @@ def initialize(mode: str = 'auto', *, coordinator_address: str | None = None,
                                local_device_ids=local_device_ids)
   except (ValueError, TypeError) as e:
     # JAX's own message says which value is missing; add where values come from.
-    raise ValueError(
+    raise ConfigError(
         f'jax.distributed.initialize failed ({e}); detected: {reason or "no cluster"}. Pass '
         '--coordinator_address=HOST:PORT --num_processes=N --process_id=I (all three), run under '
         'SLURM/Open MPI/a Cloud TPU VM, or --distributed=off for one process.') from e

@@ -22,6 +22,8 @@ import jax
 import ml_collections
 import optax
 
+from sdeseg_jax.errors import ConfigError
+
 FROZEN = '__frozen__'
 
 
@@ -41,12 +43,12 @@ def group_labels(params, groups: ml_collections.ConfigDict) -> Any:
       uncovered.append(path)
       continue
     if len(matches) > 1:
-      raise ValueError(f'parameter {path} matches several optimiser groups {matches}; make the '
-                       'patterns of config.optim.groups disjoint')
+      raise ConfigError(f'parameter {path} matches several optimiser groups {matches}; make the '
+                        'patterns of config.optim.groups disjoint')
     labels[path] = FROZEN if groups[matches[0]].frozen else matches[0]
   if uncovered:
-    raise ValueError(f'{len(uncovered)} parameters match no optimiser group (config.optim.groups), '
-                     f'e.g. {uncovered[:5]}')
+    raise ConfigError(f'{len(uncovered)} parameters match no optimiser group '
+                      f'(config.optim.groups), e.g. {uncovered[:5]}')
   return flax.traverse_util.unflatten_dict(labels, sep='/')
 
 
@@ -59,7 +61,7 @@ def schedule(base_lr: float, config: ml_collections.ConfigDict) -> optax.Schedul
         base_lr, {int(b): config.factor for b in config.boundaries})
   if kind == 'poly':
     return optax.polynomial_schedule(base_lr, 0.0, config.power, config.total_steps)
-  raise ValueError(f'config.optim.schedule.kind {kind!r}: expected constant, step or poly')
+  raise ConfigError(f'config.optim.schedule.kind {kind!r}: expected constant, step or poly')
 
 
 def _optimizer(config: ml_collections.ConfigDict, learning_rate) -> optax.GradientTransformation:
@@ -68,13 +70,13 @@ def _optimizer(config: ml_collections.ConfigDict, learning_rate) -> optax.Gradie
     return optax.adam(learning_rate, b1=0.9, b2=0.999, eps=1e-8)
   if config.name == 'sgd':
     return optax.sgd(learning_rate, momentum=config.momentum or None)
-  raise ValueError(f'config.optim.name {config.name!r}: expected adam or sgd')
+  raise ConfigError(f'config.optim.name {config.name!r}: expected adam or sgd')
 
 
 def accumulate_steps(config: ml_collections.ConfigDict) -> int:
   k = config.get('accumulate_steps', 1)
   if not isinstance(k, int) or k < 1:
-    raise ValueError(f'config.optim.accumulate_steps={k!r}: expected an integer >= 1')
+    raise ConfigError(f'config.optim.accumulate_steps={k!r}: expected an integer >= 1')
   return k
 
 

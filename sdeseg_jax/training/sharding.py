@@ -15,6 +15,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from sdeseg_jax.errors import ConfigError
+
 DATA_AXIS = 'data'
 
 
@@ -49,7 +51,7 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def check_global_batch(global_batch: int, mesh: jax.sharding.Mesh) -> None:
   if global_batch % mesh.size:
-    raise ValueError(f'global batch {global_batch} is not divisible by the {mesh.size} devices')
+    raise ConfigError(f'global batch {global_batch} is not divisible by the {mesh.size} devices')
 
 
 def global_batch(local: dict[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
