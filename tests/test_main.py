@@ -86,6 +86,19 @@ def test_a_later_stage_with_a_bad_config_fails_before_any_stage_runs(tmp_path):
     with pytest.raises(ConfigError, match=message):
       stages.run_stages(config, workdir)
     assert not os.path.exists(stages.done_marker(workdir, 'data'))
+  # An input no earlier stage of the run writes: DepthMix without a depth_labels stage.
+  config = _fixture_config(raw)
+  with config.unlocked():
+    config.stages = 'data,segment'
+    config.segment.update(network='transfer', mix='depthmix')
+  with pytest.raises(ConfigError, match='run the depth_labels stage first'):
+    stages.run_stages(config, workdir)
+  assert not os.path.exists(stages.done_marker(workdir, 'data'))
+  with config.unlocked():
+    config.stages = 'data,depth_labels,segment'
+    config.depth_labels.roles = ('target', 'src')
+  with pytest.raises(ConfigError, match=r"roles: \['src'\] have no SDE stage"):
+    stages.run_stages(config, workdir)
   # A finished stage is not checked again: only those still to run are.
   config = _fixture_config(raw)
   stages.run_stages(config, workdir)

@@ -87,6 +87,7 @@ def test_depthmix_without_depth_labels_is_refused(tmp_path):
   segment.check_config(config)
   with pytest.raises(ConfigError, match='run the depth_labels stage first'):
     segment.check_depth_labels(config, str(tmp_path))
+  segment.check_depth_labels(config, str(tmp_path), earlier=('data', 'depth_labels'))
   config.segment.mix = 'cutmix'
   with pytest.raises(ConfigError, match="mix='cutmix'"):
     segment.check_config(config)

@@ -158,9 +158,13 @@ def test_impossible_ssda_configs_are_refused(tmp_path):
     segment.check_config(config)
   config = _tiny()
   segment.check_config(config)
-  with pytest.raises(ConfigError, match="depth_labels.roles including 'source'"):
-    os.makedirs(tmp_path / 'depth' / 'target')
-    segment.check_depth_labels(config, str(tmp_path))
+  os.makedirs(tmp_path / 'depth' / 'target')
+  for earlier in ((), ('depth_labels',)):
+    config.depth_labels.roles = ('target',)
+    with pytest.raises(ConfigError, match="depth_labels.roles including 'source'"):
+      segment.check_depth_labels(config, str(tmp_path), earlier)
+  config.depth_labels.roles = ('target', 'source')
+  segment.check_depth_labels(config, str(tmp_path), ('sde_source', 'depth_labels'))
   config.data.source.name = ''
   with pytest.raises(ConfigError, match='config.data.source.name'):
     segment.check_config(config)

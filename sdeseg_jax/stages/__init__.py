@@ -36,9 +36,15 @@ STAGES = {
 # stage fails in seconds, not after hours of the earlier ones.
 CONFIG_CHECKS = {
     'sde_source': 'sdeseg_jax.stages.sde_pretrain:check_source_config',
+    'depth_labels': 'sdeseg_jax.stages.depth_labels:check_config',
     'select_labels': 'sdeseg_jax.stages.select_labels:check_config',
     'segment': 'sdeseg_jax.stages.segment:check_config',
     'evaluate': 'sdeseg_jax.stages.evaluate:check_config',
+}
+# The checks of what a stage reads from the workdir (config, workdir, earlier stages to run ->
+# None, raising ConfigError): an input may be missing now if one of the earlier stages writes it.
+INPUT_CHECKS = {
+    'segment': 'sdeseg_jax.stages.segment:check_depth_labels',
 }
 # Stages with no device work that write shared files (rendering, preparing, summarising): two
 # processes doing them at once would race on the same files.
@@ -81,13 +87,17 @@ def _comparable(config: ml_collections.ConfigDict) -> dict:
 def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """Runs config.stages in order, skipping finished ones; returns the stages that ran.
 
-  Raises ConfigError, before any stage runs, when a stage to run has a config that cannot work.
+  Raises ConfigError, before any stage runs, when a stage to run has a config that cannot work or
+  lacks an input that neither the workdir holds nor an earlier stage of the run writes.
   """
   names = parse_stages(config.stages)
   pending = [n for n in names if not os.path.exists(done_marker(workdir, n))]
   for name in pending:
     if name in CONFIG_CHECKS:
       _resolve(CONFIG_CHECKS[name])(config)
+  for i, name in enumerate(pending):
+    if name in INPUT_CHECKS:
+      _resolve(INPUT_CHECKS[name])(config, workdir, pending[:i])
   os.makedirs(workdir, exist_ok=True)
   ran = []
   for name in names:

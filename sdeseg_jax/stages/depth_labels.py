@@ -48,11 +48,16 @@ def _save_atomic(path: str, array: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Fails on a role with no SDE stage (stages.run_stages calls it before running any stage)."""
+  unknown = [role for role in config.depth_labels.roles if role not in SDE_OF_ROLE]
+  if unknown:
+    raise ConfigError(f'config.depth_labels.roles: {unknown} have no SDE stage (known: '
+                      f'{sorted(SDE_OF_ROLE)})')
+
+
 def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: str) -> int:
   """Predicts and writes the missing depth labels of `role`; returns how many were written."""
-  if role not in SDE_OF_ROLE:
-    raise ConfigError(f'config.depth_labels.roles: {role!r} has no SDE stage (known: '
-                      f'{sorted(SDE_OF_ROLE)})')
   folder, model_key = SDE_OF_ROLE[role]
   entry = config.data[role]
   mesh = sharding.make_mesh()
@@ -100,5 +105,6 @@ def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: st
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
+  check_config(config)
   for role in config.depth_labels.roles:
     write_depth_labels(config, workdir, role)

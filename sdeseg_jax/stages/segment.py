@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import os
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -111,13 +112,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'config.segment.source.candidates={cross.candidates}: need at least 1')
 
 
-def check_depth_labels(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Fails when the mixing needs depth labels the workdir does not hold, saying which stage makes
-  them (at the stage's start: an earlier stage of the same run may write them)."""
+def check_depth_labels(config: ml_collections.ConfigDict, workdir: str,
+                       earlier: Sequence[str] = ()) -> None:
+  """Fails when the mixing needs depth labels the workdir does not hold and that no stage in
+  `earlier` (the stages to run before this one) writes, saying which stage makes them."""
   seg, cross = config.segment, config.segment.source
+  written = config.depth_labels.roles if 'depth_labels' in earlier else ()
   for role, needed in needs_depth_labels(seg).items():
     labels = depth_labels.depth_dir(workdir, role)
-    if needed and not os.path.isdir(labels):
+    if needed and role not in written and not os.path.isdir(labels):
       why = ('DepthMix without the online depth of multi-task' if role == 'target' and
              not cross.enabled else 'Cross-Domain DepthMix / Matching Geometry Sampling')
       stage = 'run the depth_labels stage first' + (
