@@ -16,6 +16,9 @@ from sdeseg_jax.training import checkpointing
 # The persistent compilation cache all tests share (also set for this process in conftest.py).
 CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), '.cache',
                      'xla_tests')
+# The stages of the demo that write the segment stage's inputs other than the depth labels (the
+# SDE it starts from, the selection of its labeled images).
+MADE_EARLIER = ('sde_pretrain', 'select_labels')
 
 
 def tiny_config():

@@ -99,6 +99,22 @@ def test_a_later_stage_with_a_bad_config_fails_before_any_stage_runs(tmp_path):
     config.depth_labels.roles = ('target', 'src')
   with pytest.raises(ConfigError, match=r"roles: \['src'\] have no SDE stage"):
     stages.run_stages(config, workdir)
+  for stage_list, message in (
+      ('data,depth_labels', r"depth labels of target reads \S+/sde/ckpt, which does not exist: "
+                            'run the sde_pretrain stage first'),
+      ('data,segment', 'config.segment.init=sde reads .* run the sde_pretrain stage first'),
+      ('evaluate', "config.evaluate.weights='best' reads \\S+/segment/best, .* run the segment")):
+    config = _fixture_config(raw)
+    with config.unlocked():
+      config.stages = stage_list
+    with pytest.raises(ConfigError, match=message):
+      stages.run_stages(config, workdir)
+  config = _fixture_config(raw)
+  with config.unlocked():
+    config.stages = 'sde_pretrain,depth_labels'
+    config.sde.init.encoder = str(tmp_path / 'resnet18')
+  with pytest.raises(ConfigError, match='config.sde.init.encoder reads .*resnet18, which does not'):
+    stages.run_stages(config, workdir)
   # A finished stage is not checked again: only those still to run are.
   config = _fixture_config(raw)
   stages.run_stages(config, workdir)
@@ -129,11 +145,15 @@ def test_main_cli_overrides_and_unknown_keys(tmp_path):
 def test_main_reports_bad_input_in_one_line(tmp_path):
   """A config that cannot work and a data set that is not there end the run with status 1 and the
   message, not a traceback."""
-  for override, message in (
-      ('--config.segment.mix=cutmix', "FATAL ConfigError: config.segment.mix='cutmix': expected"),
-      (f'--config.data.target.raw_root={tmp_path}/nowhere', f'FATAL DataError: {tmp_path}/nowhere')):
+  for stage_list, override, message in (
+      ('data,segment', '--config.segment.mix=cutmix',
+       "FATAL ConfigError: config.segment.mix='cutmix': expected"),
+      ('data,segment', '--config.segment.init=sde',
+       f'FATAL ConfigError: config.segment.init=sde reads {tmp_path}/w/sde/ckpt, which does not'),
+      ('data', f'--config.data.target.raw_root={tmp_path}/nowhere',
+       f'FATAL DataError: {tmp_path}/nowhere')):
     result = _main('--config=configs/base.py', f'--workdir={tmp_path}/w', override,
-                   '--config.stages=data,segment')
+                   f'--config.stages={stage_list}')
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
     assert 'Traceback' not in result.stderr

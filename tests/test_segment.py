@@ -86,8 +86,8 @@ def test_depthmix_without_depth_labels_is_refused(tmp_path):
   config.segment.update(network='transfer', mix='depthmix')
   segment.check_config(config)
   with pytest.raises(ConfigError, match='run the depth_labels stage first'):
-    segment.check_depth_labels(config, str(tmp_path))
-  segment.check_depth_labels(config, str(tmp_path), earlier=('data', 'depth_labels'))
+    stages.check_inputs('segment', config, str(tmp_path), runs.MADE_EARLIER)
+  stages.check_inputs('segment', config, str(tmp_path), runs.MADE_EARLIER + ('depth_labels',))
   config.segment.mix = 'cutmix'
   with pytest.raises(ConfigError, match="mix='cutmix'"):
     segment.check_config(config)
@@ -103,7 +103,7 @@ def test_multitask_depthmix_from_depth_labels_without_online_depth(tmp_path):
   config.segment.update(network='mtl', mix='depthmix', depthmix_online_depth=False)
   assert segment.needs_depth_labels(config.segment)['target']
   with pytest.raises(ConfigError, match='depthmix_online_depth=True'):
-    segment.check_depth_labels(config, str(tmp_path))
+    stages.check_inputs('segment', config, str(tmp_path), runs.MADE_EARLIER)
   rng = np.random.default_rng(0)
   b, h, w, c = 2, 8, 6, 19
   mix_batch = dict(image=rng.uniform(size=(b, h, w, 3)).astype(np.float32),
@@ -117,7 +117,7 @@ def test_multitask_depthmix_from_depth_labels_without_online_depth(tmp_path):
   assert float(mixed['sde_term']) == 0.0 and stats == {}
   config.segment.depthmix_online_depth = True  # the student's own disparity: no labels needed
   assert not segment.needs_depth_labels(config.segment)['target']
-  segment.check_depth_labels(config, str(tmp_path))
+  stages.check_inputs('segment', config, str(tmp_path), runs.MADE_EARLIER)
 
 
 @pytest.mark.parametrize('kind', ['transfer', 'mtl'])

@@ -239,6 +239,24 @@ def test_config_errors_name_the_key():
   assert select_labels.selection_file('/lists/a.json', '/w') == '/lists/a.json'
 
 
+def test_the_sde_a_selection_reads_is_required_before_any_stage_runs(tmp_path):
+  """ds_us reads the SDE for its features and, while the depth labels are missing, for the
+  depth student's teacher: both are the sde_pretrain stage's, unless select.sde_checkpoint names
+  the features' SDE."""
+  config, workdir = demo.get_config('tiny'), str(tmp_path)
+  config.select.method = 'ds_us'
+  with pytest.raises(ValueError, match=r"method='ds_us' \(initial='diversity'\), for the SDE "
+                                       'features reads .*sde/ckpt, which does not exist'):
+    stages.check_inputs('select_labels', config, workdir)
+  stages.check_inputs('select_labels', config, workdir, earlier=('data', 'sde_pretrain'))
+  config.select.sde_checkpoint = str(tmp_path / 'features_sde')
+  os.makedirs(config.select.sde_checkpoint)
+  with pytest.raises(ValueError, match='for the depth labels its student learns from reads'):
+    stages.check_inputs('select_labels', config, workdir)
+  os.makedirs(tmp_path / 'depth' / 'target')
+  stages.check_inputs('select_labels', config, workdir)
+
+
 def test_select_cityscapes_variants_are_the_table_rows():
   config = select_cityscapes.get_config('method=us,labels=100,seed=2')
   assert (config.select.method, config.select.initial, config.segment.labels, config.seed) == (

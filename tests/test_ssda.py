@@ -162,9 +162,10 @@ def test_impossible_ssda_configs_are_refused(tmp_path):
   for earlier in ((), ('depth_labels',)):
     config.depth_labels.roles = ('target',)
     with pytest.raises(ConfigError, match="depth_labels.roles including 'source'"):
-      segment.check_depth_labels(config, str(tmp_path), earlier)
+      stages.check_inputs('segment', config, str(tmp_path), runs.MADE_EARLIER + earlier)
   config.depth_labels.roles = ('target', 'source')
-  segment.check_depth_labels(config, str(tmp_path), ('sde_source', 'depth_labels'))
+  stages.check_inputs('segment', config, str(tmp_path),
+                      runs.MADE_EARLIER + ('sde_source', 'depth_labels'))
   config.data.source.name = ''
   with pytest.raises(ConfigError, match='config.data.source.name'):
     segment.check_config(config)

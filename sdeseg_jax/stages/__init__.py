@@ -15,6 +15,7 @@ import importlib
 import json
 import logging
 import os
+from typing import NamedTuple, Sequence
 
 import ml_collections
 
@@ -41,10 +42,15 @@ CONFIG_CHECKS = {
     'segment': 'sdeseg_jax.stages.segment:check_config',
     'evaluate': 'sdeseg_jax.stages.evaluate:check_config',
 }
-# The checks of what a stage reads from the workdir (config, workdir, earlier stages to run ->
-# None, raising ConfigError): an input may be missing now if one of the earlier stages writes it.
-INPUT_CHECKS = {
-    'segment': 'sdeseg_jax.stages.segment:check_depth_labels',
+# The inputs of the stages that read files other stages write or the config names
+# (config, workdir -> [Input]).
+INPUTS = {
+    'sde_pretrain': 'sdeseg_jax.stages.sde_pretrain:inputs',
+    'sde_source': 'sdeseg_jax.stages.sde_pretrain:source_inputs',
+    'depth_labels': 'sdeseg_jax.stages.depth_labels:inputs',
+    'select_labels': 'sdeseg_jax.stages.select_labels:inputs',
+    'segment': 'sdeseg_jax.stages.segment:inputs',
+    'evaluate': 'sdeseg_jax.stages.evaluate:inputs',
 }
 # Stages with no device work that write shared files (rendering, preparing, summarising): two
 # processes doing them at once would race on the same files.
@@ -66,6 +72,25 @@ def _resolve(spec: str):
   """'module' (its run) or 'module:function' -> the function."""
   module, _, function = spec.partition(':')
   return getattr(importlib.import_module(module), function or 'run')
+
+
+class Input(NamedTuple):
+  """A file or folder a stage reads. maker: the stage that writes it under the config, '' when
+  none does (a file the config names, which the user provides); reader: who reads it, todo: what
+  to do when it is missing (both for the error)."""
+  path: str
+  maker: str
+  reader: str
+  todo: str
+
+
+def check_inputs(name: str, config: ml_collections.ConfigDict, workdir: str,
+                 earlier: Sequence[str] = ()) -> None:
+  """Raises ConfigError when stage `name` would read an input that does not exist and that no
+  stage in `earlier` (those to run before it) writes."""
+  for item in _resolve(INPUTS[name])(config, workdir) if name in INPUTS else ():
+    if not os.path.exists(item.path) and item.maker not in earlier:
+      raise ConfigError(f'{item.reader} reads {item.path}, which does not exist: {item.todo}')
 
 
 def stage_function(name: str):
@@ -96,8 +121,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     if name in CONFIG_CHECKS:
       _resolve(CONFIG_CHECKS[name])(config)
   for i, name in enumerate(pending):
-    if name in INPUT_CHECKS:
-      _resolve(INPUT_CHECKS[name])(config, workdir, pending[:i])
+    check_inputs(name, config, workdir, earlier=pending[:i])
   os.makedirs(workdir, exist_ok=True)
   ran = []
   for name in names:
@@ -114,6 +138,7 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
                         'are kept. Delete %s to rerun it with the current config.', name, marker)
       continue
     distributed.barrier(f'before stage {name}')
+    check_inputs(name, config, workdir)  # what the earlier stages were to write is there
     logging.info('Running stage %r', name)
     if distributed.is_primary() or name not in PRIMARY_ONLY:
       stage_function(name)(config, workdir)

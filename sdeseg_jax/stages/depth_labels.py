@@ -17,6 +17,7 @@ import numpy as np
 from data_pipelines import pipeline
 from data_pipelines import sources
 from data_pipelines.datasets import DataError
+from sdeseg_jax import stages
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.stages import sde_pretrain
@@ -24,8 +25,9 @@ from sdeseg_jax.training import checkpointing
 from sdeseg_jax.training import distributed
 from sdeseg_jax.training import sharding
 
-# role -> (SDE stage folder, model config key)
-SDE_OF_ROLE = {'target': ('sde', 'model'), 'source': ('sde_source', 'source_model')}
+# role -> (the SDE stage, its folder, the model config key)
+SDE_OF_ROLE = {'target': ('sde_pretrain', 'sde', 'model'),
+               'source': ('sde_source', 'sde_source', 'source_model')}
 
 
 def depth_dir(workdir: str, role: str) -> str:
@@ -56,9 +58,19 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f'{sorted(SDE_OF_ROLE)})')
 
 
+def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+  """The SDE checkpoint of each role."""
+  items = []
+  for role in config.depth_labels.roles:
+    stage, folder, _ = SDE_OF_ROLE[role]
+    items.append(stages.Input(os.path.join(workdir, folder, 'ckpt'), stage,
+                              f'the depth labels of {role}', f'run the {stage} stage first'))
+  return items
+
+
 def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: str) -> int:
   """Predicts and writes the missing depth labels of `role`; returns how many were written."""
-  folder, model_key = SDE_OF_ROLE[role]
+  _, folder, model_key = SDE_OF_ROLE[role]
   entry = config.data[role]
   mesh = sharding.make_mesh()
   batch_size = config.depth_labels.batch_size

@@ -22,6 +22,7 @@ from PIL import Image
 from data_pipelines import pipeline
 from data_pipelines import sources
 from sdeseg_jax import predict as predict_lib
+from sdeseg_jax import stages
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import segmentation
@@ -46,12 +47,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                       f'{tuple(CLASS_SUBSETS)})')
 
 
-def load_weights(workdir: str, which: str) -> dict:
-  """{'params', 'batch_stats'} of the segment stage: its best evaluated or its latest weights."""
+def weights_dir(workdir: str, which: str) -> str:
+  """The checkpoint of the segment stage's best evaluated ('best') or latest weights."""
   if which not in WEIGHTS:
     raise ConfigError(f'config.evaluate.weights={which!r}: expected one of {WEIGHTS}')
-  directory = os.path.join(workdir, 'segment')
-  path = os.path.join(directory, 'best') if which == 'best' else os.path.join(directory, 'ckpt')
+  return os.path.join(workdir, 'segment', 'best' if which == 'best' else 'ckpt')
+
+
+def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+  return [stages.Input(weights_dir(workdir, config.evaluate.weights), 'segment',
+                       f'config.evaluate.weights={config.evaluate.weights!r}',
+                       'run the segment stage first')]
+
+
+def load_weights(workdir: str, which: str) -> dict:
+  """{'params', 'batch_stats'} of the segment stage: its best evaluated or its latest weights."""
+  path = weights_dir(workdir, which)
   if not os.path.isdir(path):
     raise checkpointing.CheckpointError(f'{path}: no segmentation weights; run the segment stage '
                                         'first')

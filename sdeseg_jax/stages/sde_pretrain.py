@@ -25,6 +25,7 @@ from data_pipelines import pipeline
 from data_pipelines import sampling
 from data_pipelines import sources
 from sdeseg_jax import ops
+from sdeseg_jax import stages
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.training import checkpointing
@@ -235,6 +236,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The target-domain SDE (config.model, config.sde) -> <workdir>/sde."""
   train_sde(config, workdir, role='target', model=config.model, sde=config.sde,
             directory=os.path.join(workdir, 'sde'))
+
+
+def _init_inputs(sde: ml_collections.ConfigDict, key: str) -> list[stages.Input]:
+  """The pretrained weights config.<key>.init names (the user provides them)."""
+  return [stages.Input(path, '', f'config.{key}.init.{name}',
+                       "convert one with python -m sdeseg_jax.weights.convert, or set it to ''")
+          for name, path in sde.init.items() if path]
+
+
+def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+  del workdir  # the SDE reads only the data and the configured weights
+  return _init_inputs(config.sde, 'sde')
+
+
+def source_inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+  del workdir
+  return _init_inputs(config.source_sde, 'source_sde')
 
 
 def check_source_config(config: ml_collections.ConfigDict) -> None:

@@ -17,7 +17,6 @@ import functools
 import json
 import logging
 import os
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,7 @@ from data_pipelines import subsets
 from data_pipelines.datasets import DataError
 from sdeseg_jax import ops
 from sdeseg_jax import predict as predict_lib
+from sdeseg_jax import stages
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import augment
@@ -112,24 +112,41 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'config.segment.source.candidates={cross.candidates}: need at least 1')
 
 
-def check_depth_labels(config: ml_collections.ConfigDict, workdir: str,
-                       earlier: Sequence[str] = ()) -> None:
-  """Fails when the mixing needs depth labels the workdir does not hold and that no stage in
-  `earlier` (the stages to run before this one) writes, saying which stage makes them."""
+def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+  """The depth labels the mixing reads, the SDE or ImageNet weights of the initialisation and the
+  selection file of the labeled subset."""
   seg, cross = config.segment, config.segment.source
-  written = config.depth_labels.roles if 'depth_labels' in earlier else ()
+  items = []
   for role, needed in needs_depth_labels(seg).items():
-    labels = depth_labels.depth_dir(workdir, role)
-    if needed and role not in written and not os.path.isdir(labels):
-      why = ('DepthMix without the online depth of multi-task' if role == 'target' and
-             not cross.enabled else 'Cross-Domain DepthMix / Matching Geometry Sampling')
-      stage = 'run the depth_labels stage first' + (
+    if not needed:
+      continue
+    if role == 'target' and not cross.enabled:
+      reader = 'DepthMix without the online depth of multi-task'
+      todo = ('run the depth_labels stage first (or set segment.network=mtl, '
+              'segment.depthmix_online_depth=True)')
+    else:
+      reader = 'Cross-Domain DepthMix / Matching Geometry Sampling'
+      todo = 'run the depth_labels stage first' + (
           " with config.depth_labels.roles including 'source' (after the sde_source stage)"
           if role == 'source' else '')
-      raise ConfigError(f'{why} reads {role} depth labels from {labels}, which does not exist: '
-                        f'{stage}' + (' (or set segment.network=mtl, '
-                                      'segment.depthmix_online_depth=True)'
-                                      if why.startswith('DepthMix') else ''))
+    maker = 'depth_labels' if role in config.depth_labels.roles else ''
+    items.append(stages.Input(depth_labels.depth_dir(workdir, role), maker,
+                              f'{reader} ({role} depth labels)', todo))
+  if seg.init == 'sde':
+    items.append(stages.Input(
+        sde_checkpoint(config, workdir), '' if seg.sde_checkpoint else 'sde_pretrain',
+        'config.segment.init=sde', 'run the sde_pretrain stage first or set '
+        'config.segment.sde_checkpoint to an SDE checkpoint'))
+  elif seg.init == 'imagenet':
+    items.append(stages.Input(seg.imagenet_encoder, '', 'config.segment.imagenet_encoder',
+                              'convert one with python -m sdeseg_jax.weights.convert'))
+  if seg.selection:
+    stage_output = seg.selection == select_labels.STAGE_VALUE
+    items.append(stages.Input(
+        select_labels.output_file(workdir) if stage_output else seg.selection,
+        'select_labels' if stage_output else '', f'config.segment.selection={seg.selection!r}',
+        'run the select_labels stage first' if stage_output else 'name an existing id list'))
+  return items
 
 
 def sde_checkpoint(config, workdir: str) -> str:
@@ -485,7 +502,6 @@ def source_batches(config, workdir: str, depth_dir: str, **options):
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   seg, entry = config.segment, config.data.target
   check_config(config)
-  check_depth_labels(config, workdir)
   directory = os.path.join(workdir, 'segment')
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'config.json'), 'w') as f:  # for predict and evaluation

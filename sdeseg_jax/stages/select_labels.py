@@ -43,6 +43,7 @@ from data_pipelines import pipeline
 from data_pipelines import sources
 from data_pipelines.datasets import common
 from sdeseg_jax import ops
+from sdeseg_jax import stages
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import segmentation
@@ -112,6 +113,22 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if tuple(select.feature_pool) and any(int(p) < 1 for p in select.feature_pool):
     raise ConfigError(f'config.select.feature_pool={tuple(select.feature_pool)}: expected '
                       '(h, w) >= 1')
+
+
+def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+  """The SDE checkpoints of the features and of the depth student's teacher labels."""
+  select, items = config.select, []
+  if uses_features(select):
+    items.append(stages.Input(
+        sde_checkpoint(config, workdir), '' if select.sde_checkpoint else 'sde_pretrain',
+        f'config.select.method={select.method!r} (initial={select.initial!r}), for the SDE '
+        'features', 'run the sde_pretrain stage first or set config.select.sde_checkpoint'))
+  if student_kind(select) == 'depth' and not os.path.isdir(depth_labels.depth_dir(workdir,
+                                                                                   'target')):
+    items.append(stages.Input(os.path.join(workdir, 'sde', 'ckpt'), 'sde_pretrain',
+                              f'config.select.method={select.method!r}, for the depth labels '
+                              "its student learns from", 'run the sde_pretrain stage first'))
+  return items
 
 
 def _fingerprint(select: ml_collections.ConfigDict, step: int, ids: np.ndarray, seed: int) -> dict:
