@@ -2,7 +2,7 @@
 
     python -m benchmarks.run_all [--size=512x512] [--repeats=3] [--only=NAME,...]
         [--frameworks=jax,torch] [--results=benchmarks/results] [--markdown=BENCHMARKS.md]
-        [--render_only]
+        [--render_only] [--dtype=float32|bfloat16] [--tiny]
 
 Each workload runs in its own subprocess (so peak memory is its own) and writes its JSON to
 --results as `<name>_<framework>_<device kind>.json`; --render_only re-reads those files and only
@@ -67,7 +67,8 @@ def run_workload(name: str, framework: str, args, out: str) -> None:
     config, batch = STEPS[name]
     if framework == 'jax':
       _run(['benchmarks.train_step', f'--stage={name}', f'--config={config}', f'--batch={batch}',
-            size, repeats, f'--out={out}'])
+            size, repeats, f'--dtype={args.dtype}', *(['--tiny'] if args.tiny else []),
+            f'--out={out}'])
     else:
       _run(['benchmarks.torch_steps', f'--workload={name}', f'--batch={batch}', size, repeats,
             f'--out={out}'])
@@ -150,14 +151,15 @@ def render(results: str, device: str) -> str:
   return '\n'.join(lines)
 
 
-def write_markdown(path: str, table: str) -> None:
-  """Replaces the generated part of `path` (between the markers), keeping the rest."""
+def write_markdown(path: str, table: str, begin: str = BEGIN, end: str = END) -> None:
+  """Replaces the generated part of `path` (`table`, from marker `begin` to `end`), keeping the
+  rest; appends it when the markers are not there yet."""
   text = ''
   if os.path.exists(path):
     with open(path) as f:
       text = f.read()
-  if BEGIN in text and END in text:
-    text = text[:text.index(BEGIN)] + table + text[text.index(END) + len(END):]
+  if begin in text and end in text:
+    text = text[:text.index(begin)] + table + text[text.index(end) + len(end):]
   else:
     text = text + ('\n' if text else '# Benchmarks\n\n') + table + '\n'
   with open(path, 'w') as f:
@@ -173,6 +175,10 @@ def main() -> None:
   parser.add_argument('--results', default='benchmarks/results')
   parser.add_argument('--markdown', default='BENCHMARKS.md')
   parser.add_argument('--render_only', action='store_true')
+  parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'],
+                      help='compute dtype of the JAX rows (the PyTorch rows are float32)')
+  parser.add_argument('--tiny', action='store_true',
+                      help="JAX rows with the tests' tiny networks (a smoke test of the run)")
   args = parser.parse_args()
   device = device_kind()
   names = args.only.split(',') if args.only else [*STEPS, *OTHERS]

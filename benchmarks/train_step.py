@@ -21,9 +21,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 
 from benchmarks import common
 
@@ -37,18 +38,40 @@ def load_config(path: str):
   return module.get_config(variant) if variant else module.get_config()
 
 
-def sde_setup(config, batch: int, width: int, height: int):
-  """(state, step, batch) of the SDE stage."""
+class Workload(NamedTuple):
+  """One stage's jitted work, described without allocating it: `init()` builds the state (or the
+  inference variables), `make_batch(key)` the global batch, so jax.eval_shape gives both shapes
+  (benchmarks.tpu_plan) and calling them gives arrays (this benchmark)."""
+  init: Callable[[], Any]
+  step: Callable            # step(state, batch) -> (state, metrics); inference: -> outputs
+  make_batch: Callable[[jax.Array], dict]
+  inference: bool = False   # jitted as the evaluation step (no donation, outputs batch-sharded)
+
+  def jit(self, mesh):
+    """The step jitted exactly as its stage jits it."""
+    from sdeseg_jax.training import sharding
+    if self.inference:
+      return sharding.jit_eval_step(self.step, mesh)
+    return sharding.jit_train_step(self.step, mesh)
+
+
+def _intrinsics(batch: int, width: int, height: int) -> jax.Array:
+  """[B, 3, 3] pixel intrinsics of a Cityscapes-like camera at width x height."""
+  k = jnp.array([[0.58 * width, 0, 0.5 * width], [0, 1.16 * height, 0.5 * height], [0, 0, 1]])
+  return jnp.tile(k, (batch, 1, 1))
+
+
+def sde_setup(config, batch: int, width: int, height: int) -> Workload:
+  """The SDE stage's step on frame triplets."""
   from sdeseg_jax.models import networks
   from sdeseg_jax.stages import sde_pretrain
   network = networks.build('sde', config.model)
-  state = sde_pretrain.create_state(config, config.model, network)
-  step = sde_pretrain.make_train_step(network, config.model, config.sde)
-  rng = np.random.default_rng(0)
-  frames = rng.uniform(size=(batch, 3, height, width, 3)).astype(np.float32)
-  k = np.array([[0.58 * width, 0, 0.5 * width], [0, 1.16 * height, 0.5 * height], [0, 0, 1]],
-               np.float32)
-  return state, step, dict(frames=frames, frames_aug=frames, intrinsics=np.tile(k, (batch, 1, 1)))
+
+  def make_batch(key):
+    frames = jax.random.uniform(key, (batch, 3, height, width, 3))
+    return dict(frames=frames, frames_aug=frames, intrinsics=_intrinsics(batch, width, height))
+  return Workload(lambda: sde_pretrain.create_state(config, config.model, network),
+                  sde_pretrain.make_train_step(network, config.model, config.sde), make_batch)
 
 
 # The four rows of the reference's runtime table (supplement Table S1).
@@ -60,36 +83,37 @@ SEGMENT_ROWS = {
 }
 
 
-def segment_setup(config, batch: int, width: int, height: int, row: str | None):
-  """(state, step, batch) of the segment stage (random init): one row of SEGMENT_ROWS, or with
-  row None the config's own method (domain adaptation included)."""
+def segment_setup(config, batch: int, width: int, height: int, row: str | None) -> Workload:
+  """The segment stage's step (random init): one row of SEGMENT_ROWS, or with row None the
+  config's own method (domain adaptation included)."""
   from sdeseg_jax.models import networks
   from sdeseg_jax.stages import segment
   config.segment.update(SEGMENT_ROWS.get(row, {}), init='none', mix_batch_size=batch)
   config.segment.source.batch_size = batch  # Matching Geometry: one source crop per target crop
   network = networks.build(config.segment.network, config.model)
-  state = segment.create_state(config, '', network)
-  step = segment.make_train_step(network, config, num_classes=19)
-  rng = np.random.default_rng(0)
-  k = np.array([[0.58 * width, 0, 0.5 * width], [0, 1.16 * height, 0.5 * height], [0, 0, 1]],
-               np.float32)
-
-  def examples(labeled: bool, rows: int = batch):
-    frames = rng.uniform(size=(rows, 3, height, width, 3)).astype(np.float32)
-    return dict(image=frames[:, 1], frames=frames, intrinsics=np.tile(k, (rows, 1, 1)),
-                label=rng.integers(0, 19, (rows, height, width)).astype(np.int32),
-                labeled=np.full(rows, labeled),
-                depth=rng.uniform(size=(rows, height, width, 1)).astype(np.float32))
-  batches = dict(labeled=examples(True), mix=examples(False))
   source = config.segment.source
-  if source.enabled:
-    source_rows = batch * (source.candidates if source.matching_geometry else 1)
-    batches['source'] = {k: v for k, v in examples(True, source_rows).items() if k != 'frames'}
-  return state, step, batches
+
+  def examples(key, labeled: bool, rows: int = batch):
+    keys = jax.random.split(key, 3)
+    frames = jax.random.uniform(keys[0], (rows, 3, height, width, 3))
+    return dict(image=frames[:, 1], frames=frames, intrinsics=_intrinsics(rows, width, height),
+                label=jax.random.randint(keys[1], (rows, height, width), 0, 19, jnp.int32),
+                labeled=jnp.full(rows, labeled),
+                depth=jax.random.uniform(keys[2], (rows, height, width, 1)))
+
+  def make_batch(key):
+    keys = jax.random.split(key, 3)
+    batches = dict(labeled=examples(keys[0], True), mix=examples(keys[1], False))
+    if source.enabled:
+      rows = batch * (source.candidates if source.matching_geometry else 1)
+      batches['source'] = {k: v for k, v in examples(keys[2], True, rows).items() if k != 'frames'}
+    return batches
+  return Workload(lambda: segment.create_state(config, '', network),
+                  segment.make_train_step(network, config, num_classes=19), make_batch)
 
 
-def student_setup(config, batch: int, width: int, height: int):
-  """(state, step, batch) of the data-selection depth student (ResNet50 + dec9 + BN, berHu, Adam)."""
+def student_setup(config, batch: int, width: int, height: int) -> Workload:
+  """The data-selection depth student's step (ResNet50 + dec9 + BN, berHu, Adam)."""
   import ml_collections
   from sdeseg_jax.stages import select_labels
   network = select_labels.student_network(config, 'depth')
@@ -97,30 +121,27 @@ def student_setup(config, batch: int, width: int, height: int):
   optim_config.schedule.total_steps = max(config.select.student_steps)
   student = ml_collections.ConfigDict(config.select.student.to_dict())
   student.init_encoder = ''   # random weights: the step's cost does not depend on them
-  state = select_labels.create_student_state(student, optim_config, network, jax.random.key(0))
-  rng = np.random.default_rng(0)
-  low = rng.uniform(0.01, 0.05, size=(batch,)).astype(np.float32)
-  return state, select_labels.make_depth_student_step(network), dict(
-      image=rng.uniform(size=(batch, height, width, 3)).astype(np.float32),
-      depth=rng.uniform(0.05, 1.0, size=(batch, height, width, 1)).astype(np.float32),
-      disp_low=low, disp_high=low + 1.0)
+
+  def make_batch(key):
+    keys = jax.random.split(key, 3)
+    low = jax.random.uniform(keys[2], (batch,), minval=0.01, maxval=0.05)
+    return dict(image=jax.random.uniform(keys[0], (batch, height, width, 3)),
+                depth=jax.random.uniform(keys[1], (batch, height, width, 1), minval=0.05),
+                disp_low=low, disp_high=low + 1.0)
+  return Workload(lambda: select_labels.create_student_state(student, optim_config, network,
+                                                             jax.random.key(0)),
+                  select_labels.make_depth_student_step(network), make_batch)
 
 
-def inference_setup(config, batch: int, width: int, height: int, kind: str):
-  """(variables, step, batch) of whole-image inference in evaluation mode (running BN statistics)
-  of the transfer or the multi-task segmentation network, as the evaluate stage and predict run it.
-  The "step" returns the variables unchanged and the logits' mean as its 'loss/total'."""
-  import jax.numpy as jnp
+def inference_setup(config, batch: int, width: int, height: int, kind: str) -> Workload:
+  """Whole-image inference of the transfer or the multi-task segmentation network in evaluation
+  mode (running BN statistics): the logits step the evaluate stage and predict jit."""
   from sdeseg_jax.models import networks
-  network = networks.build(kind, config.model)
-  variables = networks.init_variables(kind, config.model, jax.random.key(0))
-  method = 'segment' if kind == 'mtl' else None
-
-  def step(variables, batch):
-    out = network.apply(variables, batch['image'], method=method)
-    return variables, {'loss/total': jnp.mean(out['logits'])}
-  rng = np.random.default_rng(0)
-  return variables, step, dict(image=rng.uniform(size=(batch, height, width, 3)).astype(np.float32))
+  from sdeseg_jax.stages import segment
+  return Workload(lambda: networks.init_variables(kind, config.model, jax.random.key(0)),
+                  segment.make_predict_logits(networks.build(kind, config.model), kind),
+                  lambda key: dict(image=jax.random.uniform(key, (batch, height, width, 3))),
+                  inference=True)
 
 
 STAGES = {'sde': sde_setup, 'ssda': lambda c, b, w, h: segment_setup(c, b, w, h, None),
@@ -129,6 +150,34 @@ STAGES = {'sde': sde_setup, 'ssda': lambda c, b, w, h: segment_setup(c, b, w, h,
              for row in SEGMENT_ROWS},
           **{f'inference:{kind}': (lambda kind: lambda c, b, w, h: inference_setup(c, b, w, h, kind))(kind)
              for kind in ('transfer', 'mtl')}}
+
+
+def set_compute_dtype(config, dtype: str) -> None:
+  """`dtype` for every network of the config (target, source SDE, selection student)."""
+  for model in (config.model, config.source_model, config.student_model):
+    model.compute_dtype = dtype
+
+
+def apply_overrides(config, overrides: list[str]) -> None:
+  """`--set key.path=value` items onto a config, each value parsed as the type of the key's."""
+  for item in overrides:
+    key, separator, value = item.partition('=')
+    node = config
+    *parents, leaf = key.split('.')
+    try:
+      for parent in parents:
+        node = node[parent]
+      current = node[leaf]
+    except KeyError:
+      raise SystemExit(f'--set {item}: the config has no key {key!r}') from None
+    if not separator:
+      raise SystemExit(f'--set {item}: expected KEY=VALUE')
+    if isinstance(current, bool):
+      if value not in ('True', 'False', 'true', 'false'):
+        raise SystemExit(f'--set {item}: {key} is a bool (True or False)')
+      node[leaf] = value in ('True', 'true')
+    else:
+      node[leaf] = type(current)(value)
 
 
 def main() -> None:
@@ -142,39 +191,43 @@ def main() -> None:
   parser.add_argument('--out', default='')
   parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                       help='config override, e.g. segment.source.matching_geometry=False')
+  parser.add_argument('--tiny', action='store_true',
+                      help="the networks at the tests' tiny width and depth (a smoke test)")
   args = parser.parse_args()
   from sdeseg_jax.training import sharding
 
   width, height = (int(v) for v in args.size.lower().split('x'))
   config = load_config(args.config)
-  config.model.compute_dtype = args.dtype
-  for item in args.set:
-    key, _, value = item.partition('=')
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == 'True'
+  set_compute_dtype(config, args.dtype)
+  if args.tiny:
+    from configs import base
+    for model in (config.model, config.source_model, config.student_model):
+      base.make_tiny(model)
+  apply_overrides(config, args.set)
 
-  state, step, batch = STAGES[args.stage](config, args.batch, width, height)
+  workload = STAGES[args.stage](config, args.batch, width, height)
   mesh = sharding.make_mesh()
   sharding.check_global_batch(args.batch, mesh)
-  jitted = sharding.jit_train_step(step, mesh)
-  state = sharding.replicate(state, mesh)
-  batch = sharding.global_batch(batch, mesh)
+  jitted = workload.jit(mesh)
+  state = sharding.replicate(workload.init(), mesh)
+  batch = sharding.global_batch(jax.device_get(workload.make_batch(jax.random.key(0))), mesh)
   start = time.perf_counter()
   compiled = jitted.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   cost = compiled.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, list) else cost
   memory = compiled.memory_analysis()
-  state, metrics = compiled(state, batch)  # warm-up
-  jax.block_until_ready(metrics)
+
+  def run(state):
+    """One step, waited for: (state, its metrics or outputs)."""
+    out = compiled(state, batch)
+    state, out = (state, out) if workload.inference else out
+    return state, jax.block_until_ready(out)
+  state, out = run(state)  # warm-up
   times = []
   for _ in range(args.repeats):
     start = time.perf_counter()
-    state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
+    state, out = run(state)
     times.append(time.perf_counter() - start)
   times.sort()
   median = times[len(times) // 2]
@@ -184,6 +237,7 @@ def main() -> None:
   peak = common.matmul_peak_flops(args.dtype)
   common.emit(dict(
       benchmark='train_step', stage=args.stage, config=args.config, overrides=args.set,
+      tiny=args.tiny,
       batch=args.batch,
       size=[width, height], dtype=args.dtype, device=str(device), device_count=jax.device_count(),
       machine=common.machine(), compile_s=compile_s, step_ms_min=1e3 * times[0],
@@ -195,7 +249,8 @@ def main() -> None:
       xla_argument_mib=getattr(memory, 'argument_size_in_bytes', 0) / 2**20,
       device_peak_mib=stats.get('peak_bytes_in_use', 0) / 2**20 or None,
       peak_rss_mib=common.peak_rss_mib(),
-      loss=float(metrics.get('loss/total', metrics.get('loss/berhu')))), args.out)
+      loss=None if workload.inference else float(out.get('loss/total', out.get('loss/berhu')))),
+      args.out)
 
 
 if __name__ == '__main__':

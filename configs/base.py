@@ -42,7 +42,9 @@ def model_config(depth: int = 101, output_stride: int = 16,
                                # and segmentation decoders (reference); False: none
       projected_head=False,    # mtl: True puts the transfer head's 1x1 projection before PAD-Net's
                                # classifier; False: the classifier alone (reference)
-      compute_dtype='float32',                        # float32 | bfloat16 (params stay float32)
+      # auto: bfloat16 on TPUs and GPUs, float32 on CPUs (models.networks.PLATFORM_DTYPES)
+      # | float32 | bfloat16; parameters and BN statistics stay float32 either way.
+      compute_dtype='auto',
   ))
 
 

@@ -1,5 +1,6 @@
-"""launch/: the scripts pass shellcheck and print the right commands in their dry runs; sweep.py
-expands the SSL config's Table 10; collect.py turns eval JSONs into mean +- std tables."""
+"""launch/ (and benchmarks/gpu_check.sh): the scripts pass shellcheck and print the right commands
+in their dry runs; sweep.py expands the SSL config's Table 10; collect.py turns eval JSONs into
+mean +- std tables."""
 
 import csv
 import io
@@ -16,6 +17,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, 'launch')
 SCRIPTS = sorted(f for f in os.listdir(LAUNCH) if f.endswith('.sh'))
+GPU_CHECK = 'benchmarks/gpu_check.sh'
 SSDA = 'configs/ssda_gta.py:labels=100'
 WORKDIR = '/shared/runs/ssda gta'  # a space: the printed commands must quote it
 MAIN = ['.venv/bin/python', '-m', 'sdeseg_jax.main', f'--config={SSDA}', f'--workdir={WORKDIR}',
@@ -43,12 +45,19 @@ def _python(script: str, *args) -> subprocess.CompletedProcess:
                         text=True, timeout=300, cwd=REPO)
 
 
-@pytest.mark.parametrize('name', SCRIPTS)
-def test_shellcheck(name):
+@pytest.mark.parametrize('path', [os.path.join('launch', name) for name in SCRIPTS] + [GPU_CHECK])
+def test_shellcheck(path):
   # -x: follow `source launch/common.sh` (paths relative to the repository root).
-  result = subprocess.run([_shellcheck(), '-x', '--severity=style', os.path.join(LAUNCH, name)],
-                          capture_output=True, text=True, cwd=REPO)
+  result = subprocess.run([_shellcheck(), '-x', '--severity=style', path], capture_output=True,
+                          text=True, cwd=REPO)
   assert result.returncode == 0, result.stdout
+
+
+def test_gpu_check_is_executable_and_refuses_unknown_arguments():
+  assert os.access(os.path.join(REPO, GPU_CHECK), os.X_OK)
+  result = subprocess.run([os.path.join(REPO, GPU_CHECK), '--nosuch'], capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 2 and 'usage: benchmarks/gpu_check.sh' in result.stderr
 
 
 def test_all_three_scripts_exist():

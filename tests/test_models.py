@@ -229,6 +229,17 @@ def test_distillation_gate_starts_at_zero():
     assert np.any(params['pad'][name]['conv']['kernel'])
 
 
+def test_auto_compute_dtype_is_the_platform_default():
+  model = base.get_config().model
+  assert model.compute_dtype == 'auto'
+  assert networks.compute_dtype(model, 'tpu') == networks.compute_dtype(model, 'gpu') == jnp.bfloat16
+  assert networks.compute_dtype(model, 'cpu') == jnp.float32
+  expected = {'cpu': jnp.float32, 'gpu': jnp.bfloat16, 'tpu': jnp.bfloat16}[jax.default_backend()]
+  assert networks.compute_dtype(model) == expected
+  model.compute_dtype = 'float32'
+  assert networks.compute_dtype(model, 'tpu') == jnp.float32
+
+
 def test_bad_designs_are_named():
   model = base.get_config().model
   with pytest.raises(ValueError, match="network 'segformer'"):

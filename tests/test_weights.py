@@ -430,3 +430,38 @@ def test_convert_cli_reports_a_bad_checkpoint(tmp_path, capsys):
                            '--depth', '18', '--out', str(tmp_path / 'ckpt')]) == 1
   assert 'params/layer1_0/conv1/kernel' in capsys.readouterr().err
   assert not (tmp_path / 'ckpt').exists()
+
+
+def test_converted_reference_sde_initialises_sde_pretrain_and_segment(reference_sde, tmp_path):
+  """The reference's released SDE files -> weights.convert -> config.sde.init.sde and
+  config.segment.sde_checkpoint: every converted array lands in the network (the pose network
+  nested under 'pose'; the reference's pose decoder has no BatchNorm statistics)."""
+  from configs import base
+  from sdeseg_jax.models import networks
+  from sdeseg_jax.stages import sde_pretrain
+  from sdeseg_jax.stages import segment
+  out = tmp_path / 'sde'
+  assert convert_lib.main(['--from', 'reference_sde', '--src', str(reference_sde['folder']),
+                           '--out', str(out)]) == 0
+  converted = report_lib.flatten(_restore(out))
+  assert not any(k.startswith('batch_stats/pose_decoder') for k in converted)
+
+  def ours(key, decoder='depth_decoder'):
+    key = re.sub(r'^(params|batch_stats)/(pose_encoder|pose_decoder)/', r'\1/pose/\2/', key)
+    return key.replace('/depth_decoder/', f'/{decoder}/')
+
+  def assert_loaded(state, decoders):
+    got = report_lib.flatten({'params': state.params, 'batch_stats': state.batch_stats})
+    for key, value in converted.items():
+      for decoder in decoders if '/depth_decoder/' in key else ('depth_decoder',):
+        if decoder == 'pad/seg_decoder' and '/heads_disp' in key:
+          continue  # PAD-Net's segmentation decoder has no disparity heads (SPEC 3)
+        np.testing.assert_array_equal(np.asarray(got[ours(key, decoder)]), value, err_msg=key)
+
+  config = base.get_config()
+  config.sde.init.sde = str(out)
+  assert_loaded(sde_pretrain.create_state(config, config.model,
+                                          networks.build('sde', config.model)), ('depth_decoder',))
+  config.segment.update(network='mtl', init='sde', sde_checkpoint=str(out))
+  assert_loaded(segment.create_state(config, str(tmp_path), networks.build('mtl', config.model)),
+                ('pad/depth_decoder', 'pad/seg_decoder'))

@@ -27,6 +27,21 @@ from sdeseg_jax.models import pose
 from sdeseg_jax.models import resnet
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# compute_dtype 'auto' (the default): bfloat16 where matrix units run it natively (TPU MXUs, GPU
+# tensor cores; BENCHMARKS.md's TPU plans fit the reference's batch with it), float32 on the CPU,
+# where the parity with the reference and the bitwise resume of the tests are defined.
+PLATFORM_DTYPES = {'cpu': 'float32', 'gpu': 'bfloat16', 'tpu': 'bfloat16'}
+
+
+def compute_dtype(config: ml_collections.ConfigDict, platform: str | None = None):
+  """The activation dtype of a model config: its compute_dtype, 'auto' resolved for `platform`
+  (default: the platform JAX runs on)."""
+  name = config.compute_dtype
+  if name == 'auto':
+    name = PLATFORM_DTYPES.get(platform or jax.default_backend(), 'float32')
+  if name not in DTYPES:
+    raise ConfigError(f'compute_dtype {name!r}: expected one of {sorted(DTYPES)} or auto')
+  return DTYPES[name]
 
 
 def encoder_from_config(config: ml_collections.ConfigDict, dtype,
@@ -77,7 +92,7 @@ class SDENetwork(nn.Module):
   config: Any
 
   def setup(self):
-    dtype = DTYPES[self.config.compute_dtype]
+    dtype = compute_dtype(self.config)
     self.encoder = encoder_from_config(self.config.encoder, dtype)
     self.depth_decoder = decoder.Decoder(**decoder_design(self.config.decoder), dtype=dtype)
     self.pose = PoseNet(self.config.pose_encoder, dtype)
@@ -102,7 +117,7 @@ class TransferSegmenter(nn.Module):
   @nn.compact
   def __call__(self, image: jax.Array, train: bool = False) -> dict:
     """[B, H, W, 3] -> dict(logits [B, H, W, classes] float32, levels, features)."""
-    dtype = DTYPES[self.config.compute_dtype]
+    dtype = compute_dtype(self.config)
     features = encoder_from_config(self.config.encoder, dtype, name='encoder')(image, train)
     out = decoder.Decoder(**decoder_design(self.config.decoder), disparity_levels=(), dtype=dtype,
                           name='seg_decoder')(features, train)
@@ -116,7 +131,7 @@ class MultiTaskNetwork(nn.Module):
   config: Any
 
   def setup(self):
-    dtype = DTYPES[self.config.compute_dtype]
+    dtype = compute_dtype(self.config)
     self.encoder = encoder_from_config(self.config.encoder, dtype)
     # Run configs written before a switch existed (predict reads them) lack it: PADNet's own
     # default, the reference's behaviour, is what they trained with.
@@ -143,7 +158,7 @@ class DepthStudent(nn.Module):
   @nn.compact
   def __call__(self, image: jax.Array, train: bool = False) -> dict:
     """[B, H, W, 3] -> dict(disp {s: [B, H/2^s, W/2^s, 1]}, levels)."""
-    dtype = DTYPES[self.config.compute_dtype]
+    dtype = compute_dtype(self.config)
     features = encoder_from_config(self.config.encoder, dtype, name='encoder')(image, train)
     return decoder.Decoder(**decoder_design(self.config.decoder), dtype=dtype,
                            name='depth_decoder')(features, train)
@@ -157,8 +172,7 @@ def build(kind: str, config: ml_collections.ConfigDict) -> nn.Module:
   """The network `kind` configured by a model config (configs/base.py model_config)."""
   if kind not in NETWORKS:
     raise ConfigError(f'network {kind!r}: expected one of {sorted(NETWORKS)}')
-  if config.compute_dtype not in DTYPES:
-    raise ConfigError(f'compute_dtype {config.compute_dtype!r}: expected one of {sorted(DTYPES)}')
+  compute_dtype(config)  # a bad name fails here, not inside module set-up
   return NETWORKS[kind](config)
 
 

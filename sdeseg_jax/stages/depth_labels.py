@@ -40,8 +40,7 @@ def load_sde_variables(directory: str) -> dict:
   if not os.path.isdir(ckpt):
     raise checkpointing.CheckpointError(f'{ckpt}: no SDE checkpoint; run the sde_pretrain stage '
                                         'first (or name it in config.stages)')
-  arrays = checkpointing.read_arrays(ckpt)
-  return {'params': arrays['params'], 'batch_stats': arrays['batch_stats']}
+  return sde_pretrain.sde_variables(checkpointing.read_arrays(ckpt))
 
 
 def _save_atomic(path: str, array: np.ndarray) -> None:

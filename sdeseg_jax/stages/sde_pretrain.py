@@ -37,24 +37,37 @@ from sdeseg_jax.training import train_state
 # Where each init entry goes in the SDE network's variables ({source prefix: target prefix}).
 IMAGENET_ENCODER = {'params': 'params/encoder', 'batch_stats': 'batch_stats/encoder'}
 _IMAGENET_POSE = {'params': 'params/pose/pose_encoder', 'batch_stats': 'batch_stats/pose/pose_encoder'}
-# A converted reference SDE (components at top level) or an SDE run's checkpoint (our layout).
-_REFERENCE_SDE = {f'{c}/{m}': f'{c}/{t}' for c in ('params', 'batch_stats') for m, t in (
-    ('encoder', 'encoder'), ('depth_decoder', 'depth_decoder'),
-    ('pose_encoder', 'pose/pose_encoder'), ('pose_decoder', 'pose/pose_decoder'))}
 _OWN_SDE = {'params': 'params', 'batch_stats': 'batch_stats'}
 
 
+def sde_variables(arrays: dict) -> dict:
+  """{'params', 'batch_stats'} of an SDE checkpoint's arrays in an SDE run's layout: a converted
+  reference SDE (weights.convert --from reference_sde: encoder, depth_decoder, pose_encoder and
+  pose_decoder at top level; the pose decoder has no BatchNorm) gets its pose network nested
+  under 'pose'; an SDE run's checkpoint keeps its layout."""
+  variables = {}
+  for collection in ('params', 'batch_stats'):
+    tree = dict(arrays.get(collection, {}))
+    pose = {m: tree.pop(m) for m in ('pose_encoder', 'pose_decoder') if m in tree}
+    if pose:
+      tree['pose'] = pose
+    variables[collection] = tree
+  return variables
+
+
 def initial_variables(variables: dict, init: ml_collections.ConfigDict) -> dict:
-  """The network's variables with the configured pretrained weights loaded over them."""
-  variables = jax.device_get(variables)
-  entries = [(init.sde, None), (init.encoder, IMAGENET_ENCODER), (init.pose_encoder, _IMAGENET_POSE)]
+  """The network's variables with the configured pretrained weights loaded over them (unchanged,
+  and so traceable by jax.eval_shape, when there are none)."""
+  entries = [(init.sde, _OWN_SDE), (init.encoder, IMAGENET_ENCODER),
+             (init.pose_encoder, _IMAGENET_POSE)]
   for directory, mapping in entries:
     if not directory:
       continue
     source = checkpointing.read_arrays(directory)
-    if mapping is None:  # whole SDE: an SDE run's checkpoint (has 'pose') or the converter's
-      mapping = _OWN_SDE if 'pose' in source.get('params', {}) else _REFERENCE_SDE
-    variables, _ = checkpointing.merge_by_mapping(variables, source, mapping, what=directory)
+    if mapping is _OWN_SDE:
+      source = sde_variables(source)
+    variables, _ = checkpointing.merge_by_mapping(jax.device_get(variables), source, mapping,
+                                                  what=directory)
   return variables
 
 
@@ -69,8 +82,10 @@ def create_state(config: ml_collections.ConfigDict, model: ml_collections.Config
   params, batch_stats = variables['params'], variables['batch_stats']
   constants = None
   if sde.feature_distance:
-    # The frozen copy of the initial encoder (ImageNet weights when init.encoder names them).
-    constants = {'params': params['encoder'], 'batch_stats': batch_stats['encoder']}
+    # The frozen copy of the initial encoder (ImageNet weights when init.encoder names them); its
+    # own buffers, since the train step donates the state and a buffer is donated only once.
+    constants = jax.tree.map(jnp.copy, {'params': params['encoder'],
+                                        'batch_stats': batch_stats['encoder']})
   return train_state.TrainState.create(
       params=params, batch_stats=batch_stats, tx=optim.build(sde.optim, params),
       rng=jax.random.key_data(jax.random.fold_in(key, 1)), constants=constants)
@@ -78,7 +93,7 @@ def create_state(config: ml_collections.ConfigDict, model: ml_collections.Config
 
 def make_train_step(network, model: ml_collections.ConfigDict, sde: ml_collections.ConfigDict):
   """step(state, batch) -> (state, metrics) for batches of sde_batches."""
-  encoder = networks.encoder_from_config(model.encoder, networks.DTYPES[model.compute_dtype])
+  encoder = networks.encoder_from_config(model.encoder, networks.compute_dtype(model))
 
   def step(state, batch):
     dropout_key, noise_key = jax.random.split(state.key)

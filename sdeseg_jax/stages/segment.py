@@ -158,14 +158,16 @@ def create_state(config, workdir: str, network) -> train_state.TrainState:
   seg = config.segment
   key = jax.random.key(config.seed)
   example = networks.example_input(seg.network, 1, 64, 64)
-  variables = jax.device_get(jax.jit(lambda k: network.init(k, example))(key))
+  # Host copies only to load weights into: with init 'none' jax.eval_shape can trace this.
+  variables = jax.jit(lambda k: network.init(k, example))(key)
   if seg.init == 'sde':
-    source = checkpointing.read_arrays(sde_checkpoint(config, workdir))
-    variables, _ = checkpointing.merge_by_mapping(variables, source, INIT_FROM_SDE[seg.network],
+    source = sde_pretrain.sde_variables(checkpointing.read_arrays(sde_checkpoint(config, workdir)))
+    variables, _ = checkpointing.merge_by_mapping(jax.device_get(variables), source,
+                                                  INIT_FROM_SDE[seg.network],
                                                   what=sde_checkpoint(config, workdir))
   elif seg.init == 'imagenet':
     variables, _ = checkpointing.merge_by_mapping(
-        variables, checkpointing.read_arrays(seg.imagenet_encoder),
+        jax.device_get(variables), checkpointing.read_arrays(seg.imagenet_encoder),
         sde_pretrain.IMAGENET_ENCODER, what=seg.imagenet_encoder)
   params = variables['params']
   return train_state.TrainState.create(

@@ -222,9 +222,7 @@ def sde_features(config, workdir: str, index: common.ExampleIndex, reader, mesh)
         f'{path}: no SDE checkpoint; config.select.method={select.method!r} (initial='
         f'{select.initial!r}) needs the SDE\'s features: run the sde_pretrain stage first or set '
         'config.select.sde_checkpoint')
-  arrays = checkpointing.read_arrays(path)
-  variables = sharding.replicate({'params': arrays['params'],
-                                  'batch_stats': arrays['batch_stats']}, mesh)
+  variables = sharding.replicate(sde_pretrain.sde_variables(checkpointing.read_arrays(path)), mesh)
   network = networks.build('sde', config.model)
   level, pool = int(select.feature_level), tuple(int(p) for p in select.feature_pool)
 
@@ -326,10 +324,11 @@ def create_student_state(student: ml_collections.ConfigDict, optim_config, netwo
                          key) -> train_state.TrainState:
   """A fresh student: random init, then the ImageNet encoder if student.init_encoder names one."""
   example = networks.example_input('depth_student', 1, 64, 64)
-  variables = jax.device_get(jax.jit(lambda k: network.init(k, example))(key))
+  variables = jax.jit(lambda k: network.init(k, example))(key)
   if student.init_encoder:
     variables, _ = checkpointing.merge_by_mapping(
-        variables, checkpointing.read_arrays(student.init_encoder), sde_pretrain.IMAGENET_ENCODER,
+        jax.device_get(variables), checkpointing.read_arrays(student.init_encoder),
+        sde_pretrain.IMAGENET_ENCODER,
         what=student.init_encoder)
   params = variables['params']
   return train_state.TrainState.create(
