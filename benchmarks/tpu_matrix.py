@@ -3,10 +3,13 @@
     python -m benchmarks.tpu_matrix [--only=SUBSTRING,...] [--results=benchmarks/results/tpu]
         [--markdown=BENCHMARKS.md] [--render_only] [--deadline_min=N]
 
-Rows (the reference's per-chip batch at 512x512):
-- every stage of benchmarks/train_step.py on v5e (16 GiB, the smallest HBM), bfloat16;
-- the multi-task + DepthMix and the SSDA steps on v4, v5e, v5p and v6e, float32 and bfloat16;
-- the SSDA step of configs/ssda_gta.py on a 256-chip v5e 16x16 slice.
+Rows (the reference's per-chip batch at 512x512), in the order they are compiled:
+- the multi-task + DepthMix and the SSDA steps on v5e (16 GiB, the smallest HBM), bfloat16 (the
+  TPU default of model.compute_dtype=auto);
+- multi-task + DepthMix on v4, v5p and v6e; the SSDA step of configs/ssda_gta.py on a 256-chip
+  v5e 16x16 slice (64 hosts); SSDA on v4, v5p and v6e;
+- every other stage of benchmarks/train_step.py on v5e, bfloat16;
+- multi-task + DepthMix and SSDA on all four chips in float32.
 A row that does not fit is planned again with model.encoder.remat=True (its own row).
 
 A full-size compile takes 10-30 minutes and up to ~18 GB of host memory on a 2-core machine, so
@@ -38,11 +41,13 @@ def rows() -> list[dict]:
     config, batch = run_all.STEPS[stage]
     return dict(stage=stage, config=config, batch_per_chip=batch, topology=topology, dtype=dtype)
   key = ['segment:mtl+depthmix', 'ssda']
+  others = ('v4', 'v5p', 'v6e')
   matrix = [row(stage, TOPOLOGIES['v5e']) for stage in key]
-  matrix += [row(stage, TOPOLOGIES[chip]) for chip in ('v4', 'v5p', 'v6e') for stage in key]
+  matrix += [row(key[0], TOPOLOGIES[chip]) for chip in others]
+  matrix.append(row('ssda', POD))
+  matrix += [row(key[1], TOPOLOGIES[chip]) for chip in others]
   matrix += [row(stage, TOPOLOGIES['v5e']) for stage in run_all.STEPS if stage not in key]
   matrix += [row(stage, TOPOLOGIES[chip], 'float32') for chip in TOPOLOGIES for stage in key]
-  matrix.append(row('ssda', POD))
   return matrix
 
 
