@@ -6,6 +6,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEMO_WORKDIR ?= demo_workdir
 export TF_CPP_MIN_LOG_LEVEL ?= 2
+# On a machine without an accelerator JAX runs on the CPU only: the test extra installs libtpu (for
+# the TPU plans), and JAX would otherwise start a TPU runtime in every process, which prints
+# libtpu's "could not determine TPU accelerator type" warnings when there is no TPU.
+ifeq ($(wildcard /dev/nvidia0 /dev/accel0 /dev/vfio/0),)
+export JAX_PLATFORMS ?= cpu
+endif
 
 .PHONY: install demo test benchmark clean
 

@@ -60,8 +60,11 @@ def topology_devices(topology: str):
   # Several planners (pytest workers, a matrix beside a test) may load libtpu at once: without this
   # the second fails on libtpu's lockfile, which guards real TPU chips, and there are none here.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  # v4 chips have two TensorCores that JAX runs as one device ("megacore"); libtpu's description
+  # lists the cores unless asked for that configuration (v5p and later describe chips already).
+  options = {'chip_config_name': 'megacore'} if chip == 'v4' else {}
   try:
-    description = topologies.get_topology_desc(platform='tpu', topology_name=topology)
+    description = topologies.get_topology_desc(platform='tpu', topology_name=topology, **options)
   except Exception as error:  # noqa: BLE001 - libtpu raises XlaRuntimeError / RuntimeError
     detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if 'tpu' in detail.lower() and 'not' in detail.lower() and 'found' in detail.lower():

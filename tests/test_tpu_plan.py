@@ -83,3 +83,11 @@ def test_bad_requests_are_one_line(arguments, message, capsys):
   assert tpu_plan.main(['--config=configs/demo.py:tiny', '--size=64x64', *arguments]) == 1
   error = capsys.readouterr().err.strip().splitlines()
   assert error[-1].startswith('FATAL ') and message in error[-1], error
+
+
+def test_v4_slices_have_one_device_per_chip():
+  # JAX runs a v4 chip's two TensorCores as one device (megacore); libtpu describes cores unless
+  # asked, and a mesh over cores is refused.
+  devices = tpu_plan.topology_devices('v4:2x2x1')
+  assert len(devices) == 4 and len({tuple(d.coords) for d in devices}) == 4
+  assert sharding.make_mesh(list(devices)).size == 4

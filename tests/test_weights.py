@@ -435,7 +435,9 @@ def test_convert_cli_reports_a_bad_checkpoint(tmp_path, capsys):
 def test_converted_reference_sde_initialises_sde_pretrain_and_segment(reference_sde, tmp_path):
   """The reference's released SDE files -> weights.convert -> config.sde.init.sde and
   config.segment.sde_checkpoint: every converted array lands in the network (the pose network
-  nested under 'pose'; the reference's pose decoder has no BatchNorm statistics)."""
+  nested under 'pose'; the reference's pose decoder has no BatchNorm statistics). The networks
+  are full size, so their variables are zeros of jax.eval_shape's shapes (the stages' own loading
+  code, without compiling a full-size init)."""
   from configs import base
   from sdeseg_jax.models import networks
   from sdeseg_jax.stages import sde_pretrain
@@ -446,12 +448,17 @@ def test_converted_reference_sde_initialises_sde_pretrain_and_segment(reference_
   converted = report_lib.flatten(_restore(out))
   assert not any(k.startswith('batch_stats/pose_decoder') for k in converted)
 
+  def zeros(kind, model):
+    shapes = jax.eval_shape(networks.build(kind, model).init, jax.random.key(0),
+                            networks.example_input(kind, 1, 64, 64))
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
   def ours(key, decoder='depth_decoder'):
     key = re.sub(r'^(params|batch_stats)/(pose_encoder|pose_decoder)/', r'\1/pose/\2/', key)
     return key.replace('/depth_decoder/', f'/{decoder}/')
 
-  def assert_loaded(state, decoders):
-    got = report_lib.flatten({'params': state.params, 'batch_stats': state.batch_stats})
+  def assert_loaded(variables, decoders):
+    got = report_lib.flatten(variables)
     for key, value in converted.items():
       for decoder in decoders if '/depth_decoder/' in key else ('depth_decoder',):
         if decoder == 'pad/seg_decoder' and '/heads_disp' in key:
@@ -460,8 +467,8 @@ def test_converted_reference_sde_initialises_sde_pretrain_and_segment(reference_
 
   config = base.get_config()
   config.sde.init.sde = str(out)
-  assert_loaded(sde_pretrain.create_state(config, config.model,
-                                          networks.build('sde', config.model)), ('depth_decoder',))
+  assert_loaded(sde_pretrain.initial_variables(zeros('sde', config.model), config.sde.init),
+                ('depth_decoder',))
   config.segment.update(network='mtl', init='sde', sde_checkpoint=str(out))
-  assert_loaded(segment.create_state(config, str(tmp_path), networks.build('mtl', config.model)),
+  assert_loaded(segment.initial_variables(config, str(tmp_path), zeros('mtl', config.model)),
                 ('pad/depth_decoder', 'pad/seg_decoder'))

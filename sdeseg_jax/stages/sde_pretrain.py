@@ -58,14 +58,13 @@ def sde_variables(arrays: dict) -> dict:
 def initial_variables(variables: dict, init: ml_collections.ConfigDict) -> dict:
   """The network's variables with the configured pretrained weights loaded over them (unchanged,
   and so traceable by jax.eval_shape, when there are none)."""
-  entries = [(init.sde, _OWN_SDE), (init.encoder, IMAGENET_ENCODER),
-             (init.pose_encoder, _IMAGENET_POSE)]
-  for directory, mapping in entries:
+  # (folder, its arrays -> the tree to load, {source prefix: target prefix})
+  entries = [(init.sde, sde_variables, _OWN_SDE), (init.encoder, dict, IMAGENET_ENCODER),
+             (init.pose_encoder, dict, _IMAGENET_POSE)]
+  for directory, layout, mapping in entries:
     if not directory:
       continue
-    source = checkpointing.read_arrays(directory)
-    if mapping is _OWN_SDE:
-      source = sde_variables(source)
+    source = layout(checkpointing.read_arrays(directory))
     variables, _ = checkpointing.merge_by_mapping(jax.device_get(variables), source, mapping,
                                                   what=directory)
   return variables

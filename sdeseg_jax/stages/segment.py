@@ -153,22 +153,29 @@ def sde_checkpoint(config, workdir: str) -> str:
   return config.segment.sde_checkpoint or os.path.join(workdir, 'sde', 'ckpt')
 
 
+def initial_variables(config, workdir: str, variables: dict) -> dict:
+  """The network's variables with the SDE (or ImageNet) weights of config.segment.init loaded over
+  them (unchanged, and so traceable by jax.eval_shape, with init 'none')."""
+  seg = config.segment
+  if seg.init == 'sde':
+    path = sde_checkpoint(config, workdir)
+    source = sde_pretrain.sde_variables(checkpointing.read_arrays(path))
+    variables, _ = checkpointing.merge_by_mapping(jax.device_get(variables), source,
+                                                  INIT_FROM_SDE[seg.network], what=path)
+  elif seg.init == 'imagenet':
+    variables, _ = checkpointing.merge_by_mapping(
+        jax.device_get(variables), checkpointing.read_arrays(seg.imagenet_encoder),
+        sde_pretrain.IMAGENET_ENCODER, what=seg.imagenet_encoder)
+  return variables
+
+
 def create_state(config, workdir: str, network) -> train_state.TrainState:
   """Random init, then the SDE (or ImageNet) weights; a mean teacher when mixing."""
   seg = config.segment
   key = jax.random.key(config.seed)
   example = networks.example_input(seg.network, 1, 64, 64)
-  # Host copies only to load weights into: with init 'none' jax.eval_shape can trace this.
-  variables = jax.jit(lambda k: network.init(k, example))(key)
-  if seg.init == 'sde':
-    source = sde_pretrain.sde_variables(checkpointing.read_arrays(sde_checkpoint(config, workdir)))
-    variables, _ = checkpointing.merge_by_mapping(jax.device_get(variables), source,
-                                                  INIT_FROM_SDE[seg.network],
-                                                  what=sde_checkpoint(config, workdir))
-  elif seg.init == 'imagenet':
-    variables, _ = checkpointing.merge_by_mapping(
-        jax.device_get(variables), checkpointing.read_arrays(seg.imagenet_encoder),
-        sde_pretrain.IMAGENET_ENCODER, what=seg.imagenet_encoder)
+  variables = initial_variables(config, workdir,
+                                jax.jit(lambda k: network.init(k, example))(key))
   params = variables['params']
   return train_state.TrainState.create(
       params=params, batch_stats=variables['batch_stats'], tx=optim.build(seg.optim, params),
