@@ -37,6 +37,13 @@ def matmul_peak_flops(dtype: str = 'float32', repeats: int = 5) -> float:
   return 2.0 * n ** 3 / best
 
 
+def xla_cost(compiled) -> dict:
+  """XLA's cost analysis of a compiled executable as one dict ('flops', 'bytes accessed', ...;
+  some backends return a list with one dict per program)."""
+  cost = compiled.cost_analysis() or {}
+  return cost[0] if isinstance(cost, list) else cost
+
+
 def emit(report: dict, out: str = '') -> None:
   """Prints the report as JSON and, when `out` is set, writes it there too."""
   text = json.dumps(report, indent=2)

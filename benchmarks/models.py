@@ -62,8 +62,7 @@ def run_jax(batch: int, height: int, width: int, repeats: int, dtype: str) -> di
     start = time.perf_counter()
     compiled = fn.lower(variables['params'], variables['batch_stats'], images).compile()
     compile_s = time.perf_counter() - start
-    cost = compiled.cost_analysis() or {}
-    cost = cost[0] if isinstance(cost, list) else cost
+    cost = common.xla_cost(compiled)
     memory = compiled.memory_analysis()
     run = lambda: jax.block_until_ready(compiled(variables['params'], variables['batch_stats'],
                                                  images))

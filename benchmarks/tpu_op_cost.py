@@ -23,8 +23,7 @@ from benchmarks import tpu_plan
 
 
 def costs(compiled) -> dict:
-  cost = compiled.cost_analysis() or {}
-  cost = cost[0] if isinstance(cost, list) else cost
+  cost = common.xla_cost(compiled)
   return dict(flops=float(cost.get('flops', 0.0)),
               bytes_accessed=float(cost.get('bytes accessed', 0.0)))
 

@@ -122,8 +122,7 @@ def plan(*, topology: str, stage: str, config, width: int, height: int, dtype: s
   compile_s = time.perf_counter() - start
 
   memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis() or {}
-  cost = cost[0] if isinstance(cost, list) else cost
+  cost = common.xla_cost(compiled)
   argument = memory.argument_size_in_bytes
   output = memory.output_size_in_bytes
   alias = memory.alias_size_in_bytes

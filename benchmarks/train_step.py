@@ -214,8 +214,7 @@ def main() -> None:
   start = time.perf_counter()
   compiled = jitted.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis() or {}
-  cost = cost[0] if isinstance(cost, list) else cost
+  cost = common.xla_cost(compiled)
   memory = compiled.memory_analysis()
 
   def run(state):
