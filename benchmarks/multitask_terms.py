@@ -33,6 +33,7 @@ def _group(path) -> str:
 
 def gradient_norms(network, config, state: dict, batches) -> dict:
   """{term: {group: mean over batches of the gradient's L2 norm}} of the labeled-batch terms."""
+  from sdeseg_jax.models import networks
   from sdeseg_jax.stages import segment
   seg = config.segment
 
@@ -40,8 +41,8 @@ def gradient_norms(network, config, state: dict, batches) -> dict:
   def grads(params, batch, key):
     def term(name):
       def loss(p):
-        out, _ = segment.forward(network, 'mtl', p, state['batch_stats'], batch['frames'],
-                                 train=True, key=key, frames=True)
+        out, _ = networks.forward(network, 'mtl', p, state['batch_stats'], batch['frames'],
+                                  train=True, key=key, frames=True)
         if name == 'segmentation':
           return segment.segmentation_loss(out, batch['label'])
         return seg.sde_weight * segment._sde_term(out, batch, key, config.sde)

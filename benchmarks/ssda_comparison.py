@@ -31,7 +31,7 @@ from configs import demo
 from data_pipelines import sources
 from data_pipelines.synthetic import layouts
 from sdeseg_jax.ops import mixing
-from sdeseg_jax.stages import depth_labels
+from sdeseg_jax import artifacts
 
 _TRANSFER = {'segment.network': 'transfer', 'segment.source.matching_geometry': False}
 METHODS = {
@@ -102,7 +102,7 @@ def matching_geometry_heights(shared: str, config, candidates: int | None,
       files = [os.path.join(raw_root, layouts.groundtruth_stem(r)) + '_depth.npy' for r in relpaths]
       disparity[role] = np.stack([1.0 / np.load(f) for f in files])[..., None]
     else:
-      folder = depth_labels.depth_dir(shared, role)
+      folder = artifacts.depth_dir(shared, role)
       disparity[role] = np.stack([np.load(os.path.join(folder, i + '.npy'))
                                   for i in index.ids])[..., None]
 

@@ -115,8 +115,8 @@ def segment_setup(config, batch: int, width: int, height: int, row: str | None) 
 def student_setup(config, batch: int, width: int, height: int) -> Workload:
   """The data-selection depth student's step (ResNet50 + dec9 + BN, berHu, Adam)."""
   import ml_collections
-  from sdeseg_jax.stages import select_labels
-  network = select_labels.student_network(config, 'depth')
+  from sdeseg_jax.stages.select_labels import students
+  network = students.student_network(config, 'depth')
   optim_config = ml_collections.ConfigDict(config.select.student.optim.to_dict())
   optim_config.schedule.total_steps = max(config.select.student_steps)
   student = ml_collections.ConfigDict(config.select.student.to_dict())
@@ -128,18 +128,18 @@ def student_setup(config, batch: int, width: int, height: int) -> Workload:
     return dict(image=jax.random.uniform(keys[0], (batch, height, width, 3)),
                 depth=jax.random.uniform(keys[1], (batch, height, width, 1), minval=0.05),
                 disp_low=low, disp_high=low + 1.0)
-  return Workload(lambda: select_labels.create_student_state(student, optim_config, network,
-                                                             jax.random.key(0)),
-                  select_labels.make_depth_student_step(network), make_batch)
+  return Workload(lambda: students.create_student_state(student, optim_config, network,
+                                                        jax.random.key(0)),
+                  students.make_depth_student_step(network), make_batch)
 
 
 def inference_setup(config, batch: int, width: int, height: int, kind: str) -> Workload:
   """Whole-image inference of the transfer or the multi-task segmentation network in evaluation
   mode (running BN statistics): the logits step the evaluate stage and predict jit."""
+  from sdeseg_jax import evaluation
   from sdeseg_jax.models import networks
-  from sdeseg_jax.stages import segment
   return Workload(lambda: networks.init_variables(kind, config.model, jax.random.key(0)),
-                  segment.make_predict_logits(networks.build(kind, config.model), kind),
+                  evaluation.predict_logits(networks.build(kind, config.model), kind),
                   lambda key: dict(image=jax.random.uniform(key, (batch, height, width, 3))),
                   inference=True)
 

@@ -113,6 +113,7 @@ def segment_config() -> ml_collections.ConfigDict:
       quality_threshold=0.968,
       unlabeled_loss='all_mean', # reference: q * CE over ALL pixels | valid_mean
       teacher_train_mode=True,   # reference: the mean teacher runs with batch-statistics BN
+      ema_decay=0.99,            # mean teacher: ema = a ema + (1 - a) student, a = min(1 - 1/(t+1), decay)
       # Strong augmentation of mixed images (SPEC 6): colour jitter with probability jitter_prob
       # (brightness/contrast/saturation/hue of strength `strength`), Gaussian blur with blur_prob.
       strong_augment=dict(jitter_prob=0.8, blur_prob=0.5, strength=0.25),

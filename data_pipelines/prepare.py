@@ -22,7 +22,6 @@ import time
 
 from absl import app
 from absl import flags
-import numpy as np
 from PIL import Image
 
 from data_pipelines import datasets

@@ -27,38 +27,16 @@ import numpy as np
 from PIL import Image
 import imageio.v3 as iio
 
-from data_pipelines.datasets import cityscapes
+from data_pipelines import datasets
 from data_pipelines.datasets import common
 from sdeseg_jax.models import networks
 from sdeseg_jax.training import checkpointing
+from sdeseg_jax.weights import layouts
 
 # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (to keep Ctrl-C from reaching it) unless
 # this is set. A preexec_fn runs Python in the forked child before exec, which is unsafe in this
 # multithreaded (JAX) process and can deadlock. Without it a Ctrl-C stops ffmpeg too, as it should.
 os.environ.setdefault('IMAGEIO_FFMPEG_NO_PREVENT_SIGINT', '1')
-
-# Cityscapes colours of the 19 training classes (trainId order).
-CITYSCAPES_COLOURS = np.array([
-    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
-    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
-    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
-    (0, 80, 100), (0, 0, 230), (119, 11, 32)], np.uint8)
-
-
-def colourise(train_ids: np.ndarray) -> np.ndarray:
-  """[H, W] training ids -> [H, W, 3] uint8 colours (ignore: black)."""
-  table = np.zeros((256, 3), np.uint8)
-  table[:len(CITYSCAPES_COLOURS)] = CITYSCAPES_COLOURS
-  return table[train_ids]
-
-
-def label_ids(train_ids: np.ndarray, spec: common.LabelSpec = cityscapes.LABEL_SPEC) -> np.ndarray:
-  """[H, W] training ids -> the dataset's raw label ids (the official result format)."""
-  table = np.zeros(256, np.uint8)
-  for raw, train in spec.id_to_train.items():
-    table[train] = raw
-  return table[train_ids]
-
 
 def disparity_image(disparity: np.ndarray) -> np.ndarray:
   """[H, W] disparity -> [H, W, 3] uint8, near = bright (per-image min-max)."""
@@ -78,17 +56,21 @@ def run_config(checkpoint: str) -> ml_collections.ConfigDict:
 
 
 class Predictor:
-  """predict(image [H, W, 3] uint8) -> dict(classes [H, W] train ids, disparity [H, W] or None)."""
+  """predict(image [H, W, 3] uint8) -> dict(classes [H, W] train ids, disparity [H, W] or None).
+
+  label_spec: the classes of the run's dataset (their colours and raw label ids)."""
 
   def __init__(self, checkpoint: str):
     config = run_config(checkpoint)
-    self.kind = config.segment.network
+    kind = config.segment.network
     self.resolution = tuple(config.data.target.resolution)
-    network = networks.build(self.kind, config.model)
-    arrays = checkpointing.read_arrays(checkpoint)
-    variables = {'params': arrays['params'], 'batch_stats': arrays['batch_stats']}
-    method = 'segment' if self.kind == 'mtl' else None
-    self._apply = jax.jit(lambda x: network.apply(variables, x, method=method))
+    self.label_spec = datasets.READERS[config.data.target.name].label_spec
+    network = networks.build(kind, config.model)
+    variables = layouts.read_variables(checkpoint, 'name W/segment/best or W/segment/ckpt of a '
+                                       'finished segment run')
+    self._apply = jax.jit(lambda x: networks.forward(
+        network, kind, variables['params'], variables['batch_stats'], x, train=False, key=None,
+        frames=False)[0])
 
   def __call__(self, image: np.ndarray) -> dict:
     height, width = image.shape[:2]
@@ -145,11 +127,12 @@ def frames(path: str):
     yield stem.removesuffix('_leftImg8bit'), np.asarray(opened.convert('RGB'))
 
 
-def write_outputs(out_dir: str, name: str, image: np.ndarray, prediction: dict) -> None:
+def write_outputs(out_dir: str, name: str, image: np.ndarray, prediction: dict,
+                  spec: common.LabelSpec) -> None:
   os.makedirs(out_dir, exist_ok=True)
-  colours = colourise(prediction['classes'])
+  colours = spec.colour_table()[prediction['classes']]
   Image.fromarray(colours).save(os.path.join(out_dir, f'{name}_seg.png'))
-  Image.fromarray(label_ids(prediction['classes'])).save(
+  Image.fromarray(spec.raw_id_table()[prediction['classes']]).save(
       os.path.join(out_dir, f'{name}_labelIds.png'))
   overlay = (0.5 * image.astype(np.float32) + 0.5 * colours).astype(np.uint8)
   Image.fromarray(overlay).save(os.path.join(out_dir, f'{name}_overlay.png'))
@@ -170,7 +153,7 @@ def main(argv=None) -> int:
     files = input_files(args.input)
     count = 0
     for name, image in itertools.chain.from_iterable(frames(path) for path in files):
-      write_outputs(args.out, name, image, predictor(image))
+      write_outputs(args.out, name, image, predictor(image), predictor.label_spec)
       count += 1
   except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)

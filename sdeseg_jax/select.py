@@ -20,9 +20,11 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
+from sdeseg_jax import artifacts
 from sdeseg_jax import cli
 from sdeseg_jax import stages
 from sdeseg_jax.stages import select_labels
+from sdeseg_jax.stages.select_labels import schedule
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -34,7 +36,7 @@ flags.mark_flags_as_required(['config', 'workdir', 'out'])
 
 def required_stages(select) -> list[str]:
   """The stages the selection needs, in order, ending with select_labels."""
-  needs_sde = select_labels.uses_features(select) or select_labels.student_kind(select) == 'depth'
+  needs_sde = schedule.uses_features(select) or schedule.student_kind(select) == 'depth'
   return ['data'] + (['sde_pretrain', 'depth_labels'] if needs_sde else []) + ['select_labels']
 
 
@@ -52,7 +54,7 @@ def main(argv):
   if jax.process_index() == 0:
     out = os.path.abspath(_OUT.value)
     os.makedirs(os.path.dirname(out), exist_ok=True)
-    shutil.copyfile(select_labels.output_file(_WORKDIR.value), out)
+    shutil.copyfile(artifacts.selection_file(_WORKDIR.value), out)
     with open(out) as f:
       count = len(json.load(f))
     print(f'{count} images to annotate, in order: {out}')

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from configs import base
+from sdeseg_jax import artifacts
 from sdeseg_jax import stages
 from sdeseg_jax.errors import ConfigError
 from tests import fixtures
@@ -42,7 +43,7 @@ def test_data_stage_summarises_and_is_skipped_when_done(tmp_path, capsys, caplog
     assert frequencies[name] == pytest.approx(0.25)
   assert frequencies['road'] == frequencies['building'] == 0
   assert summary['intrinsics'][0]['pixels']['fx'] == pytest.approx(16.0)
-  assert os.path.exists(stages.done_marker(workdir, 'data'))
+  assert os.path.exists(artifacts.done_marker(workdir, 'data'))
 
   caplog.set_level(logging.INFO)
   assert stages.run_stages(config, workdir) == []
@@ -64,13 +65,13 @@ def test_data_stage_names_a_bad_label(tmp_path):
   raw = fixtures.write_cityscapes(str(tmp_path / 'raw'))
   config, workdir = _fixture_config(raw), str(tmp_path / 'work')
   stages.run_stages(config, workdir)  # prepares the tree
-  os.remove(stages.done_marker(workdir, 'data'))
+  os.remove(artifacts.done_marker(workdir, 'data'))
   label = os.path.join(workdir, 'data', 'target', 'gtFine', 'train', 'aachen',
                        'aachen_000000_000002_gtFine_labelIds.png')
   fixtures._save(label, fixtures.label_ids((32, 16), (7, 77)), 'L')
   with pytest.raises(Exception, match=f'{label}: label ids \\[77\\]'):
     stages.run_stages(config, workdir)
-  assert not os.path.exists(stages.done_marker(workdir, 'data'))
+  assert not os.path.exists(artifacts.done_marker(workdir, 'data'))
 
 
 def test_a_later_stage_with_a_bad_config_fails_before_any_stage_runs(tmp_path):
@@ -85,7 +86,7 @@ def test_a_later_stage_with_a_bad_config_fails_before_any_stage_runs(tmp_path):
       config[section][name] = value
     with pytest.raises(ConfigError, match=message):
       stages.run_stages(config, workdir)
-    assert not os.path.exists(stages.done_marker(workdir, 'data'))
+    assert not os.path.exists(artifacts.done_marker(workdir, 'data'))
   # An input no earlier stage of the run writes: DepthMix without a depth_labels stage.
   config = _fixture_config(raw)
   with config.unlocked():
@@ -93,7 +94,7 @@ def test_a_later_stage_with_a_bad_config_fails_before_any_stage_runs(tmp_path):
     config.segment.update(network='transfer', mix='depthmix')
   with pytest.raises(ConfigError, match='run the depth_labels stage first'):
     stages.run_stages(config, workdir)
-  assert not os.path.exists(stages.done_marker(workdir, 'data'))
+  assert not os.path.exists(artifacts.done_marker(workdir, 'data'))
   with config.unlocked():
     config.stages = 'data,depth_labels,segment'
     config.depth_labels.roles = ('target', 'src')

@@ -17,7 +17,10 @@ from configs import demo
 from configs import select_cityscapes
 from sdeseg_jax import ops
 from sdeseg_jax import stages
+from sdeseg_jax.stages import segment
 from sdeseg_jax.stages import select_labels
+from sdeseg_jax.stages.select_labels import schedule
+from sdeseg_jax.stages.select_labels import students
 from sdeseg_jax.training import checkpointing
 from tests import runs
 
@@ -234,9 +237,9 @@ def test_config_errors_name_the_key():
       select_labels.check_config(broken)
   select_labels.check_config(config)
   with pytest.raises(Exception, match='run that stage first'):
-    select_labels.selection_file('select_labels', '/nonexistent')
-  assert select_labels.selection_file('', '/w') == ''
-  assert select_labels.selection_file('/lists/a.json', '/w') == '/lists/a.json'
+    segment.selection_file('select_labels', '/nonexistent')
+  assert segment.selection_file('', '/w') == ''
+  assert segment.selection_file('/lists/a.json', '/w') == '/lists/a.json'
 
 
 def test_the_sde_a_selection_reads_is_required_before_any_stage_runs(tmp_path):
@@ -351,7 +354,7 @@ def test_each_method_follows_its_rule(demo_run):
     assert sorted(ids) == sorted(train.tolist()), method    # all 3 images, each once
     results[method] = (config, run_dir, ids)
   position = {i: n for n, i in enumerate(train.tolist())}
-  order = select_labels.random_order(0, len(train))
+  order = schedule.random_order(0, len(train))
   # random: the seeded order; us / entropy start with its first image.
   assert [position[i] for i in results['random'][2]] == order.tolist()
   assert position[results['us'][2][0]] == order[0] == position[results['entropy'][2][0]]
@@ -368,8 +371,8 @@ def test_each_method_follows_its_rule(demo_run):
   arrays = checkpointing.read_arrays(os.path.join(run_dir, 'select_labels', 'student_01', 'ckpt'))
   variables = {'params': arrays['params'], 'batch_stats': arrays['batch_stats']}
   candidates = np.array([position[i] for i in ids[1:]])
-  errors = select_labels.depth_errors(
-      config, select_labels.student_network(config, 'depth'), variables,
+  errors = students.depth_errors(
+      config, students.student_network(config, 'depth'), variables,
       reader.segmentation('train').subset(candidates), reader,
       os.path.join(run_dir, 'depth', 'target'), sharding.make_mesh())
   assert ids[1] == train[candidates[np.argmax(errors)]]
@@ -383,15 +386,15 @@ def test_each_method_follows_its_rule(demo_run):
 
 def test_selection_resumes_at_the_next_step(demo_run, monkeypatch):
   _, workdir = demo_run
-  schedule = dict(sizes=(1, 2, 3), student_steps=(2, 2))
-  config, straight = _run_dir(workdir, 'straight', **schedule)
+  longer = dict(sizes=(1, 2, 3), student_steps=(2, 2))
+  config, straight = _run_dir(workdir, 'straight', **longer)
   assert stages.run_stages(config, straight) == ['select_labels']
   expected = json.load(open(os.path.join(straight, 'selection.json')))
 
   # Interrupted while training the student of step 2: steps 0 and 1 are on disk.
-  config, resumed = _run_dir(workdir, 'resumed', **schedule)
+  config, resumed = _run_dir(workdir, 'resumed', **longer)
   trained_steps = []
-  original = select_labels.train_student
+  original = students.train_student
 
   def crash_at_step_2(*args, step, **kwargs):
     if step == 2:
@@ -399,7 +402,7 @@ def test_selection_resumes_at_the_next_step(demo_run, monkeypatch):
     trained_steps.append(step)
     return original(*args, step=step, **kwargs)
 
-  monkeypatch.setattr(select_labels, 'train_student', crash_at_step_2)
+  monkeypatch.setattr(students, 'train_student', crash_at_step_2)
   with pytest.raises(KeyboardInterrupt):
     stages.run_stages(config, resumed)
   steps = os.path.join(resumed, 'select_labels', 'steps')
@@ -412,7 +415,7 @@ def test_selection_resumes_at_the_next_step(demo_run, monkeypatch):
     return original(*args, step=step, **kwargs)
 
   trained_steps.clear()
-  monkeypatch.setattr(select_labels, 'train_student', counted)
+  monkeypatch.setattr(students, 'train_student', counted)
   assert stages.run_stages(config, resumed) == ['select_labels']
   assert trained_steps == [2]
   assert json.load(open(os.path.join(resumed, 'selection.json'))) == expected
@@ -424,13 +427,13 @@ def test_selection_resumes_at_the_next_step(demo_run, monkeypatch):
   # A schedule extended at its end continues; a changed step is refused.
   config, extended = _run_dir(workdir, 'extended', sizes=(1, 2), student_steps=(2,))
   assert stages.run_stages(config, extended) == ['select_labels']
-  config.select.update(schedule)
+  config.select.update(longer)
   trained_steps.clear()
-  assert select_labels.select(config, extended) == expected and trained_steps == [2]
+  assert schedule.select(config, extended) == expected and trained_steps == [2]
   config.select.lambda_e = 10.0
   with pytest.raises(ValueError, match='01.json: this finished selection step was made with a '
                                        'different config'):
-    select_labels.select(config, extended)
+    schedule.select(config, extended)
 
 
 def test_cli_writes_the_list(demo_run, tmp_path):
@@ -445,7 +448,7 @@ def test_cli_writes_the_list(demo_run, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   ids = json.load(open(out))
   train = _train_ids(workdir)
-  assert [list(train).index(i) for i in ids] == select_labels.random_order(0, len(train)).tolist()
+  assert [list(train).index(i) for i in ids] == schedule.random_order(0, len(train)).tolist()
   # Random selection needs neither the SDE nor depth labels: only data (done) and select_labels.
   assert os.path.exists(os.path.join(run_dir, 'select_labels', 'done'))
   assert not os.path.exists(os.path.join(run_dir, 'sde_pretrain', 'done'))

@@ -12,7 +12,7 @@ from data_pipelines import pipeline
 from data_pipelines import prepare
 from data_pipelines import synthetic
 from sdeseg_jax import stages
-from sdeseg_jax.stages import data as data_stage
+from data_pipelines import statistics
 
 SIZE = (96, 48)
 SEQUENCES, FRAMES = 5, 3
@@ -37,7 +37,7 @@ def test_every_reader_reads_the_world(world):
   assert len(train) + len(reader.segmentation('val')) >= SEQUENCES - 1  # camvid also has test
   assert len(train) >= 1 and train.is_labeled.all()
   # Every label id is one the real dataset can contain, and most pixels are classes, not ignore.
-  frequencies = data_stage.class_frequencies(train, reader.label_spec, max_labels=100)
+  frequencies = statistics.class_frequencies(train, reader.label_spec, max_labels=100)
   assert frequencies['(ignored)'] < 0.2
   assert max(frequencies[c] for c in reader.label_spec.class_names) > 0.1
   if layout == 'camvid':

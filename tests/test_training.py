@@ -70,8 +70,8 @@ def test_step_and_poly_schedules():
 
 def test_mean_teacher_schedule():
   ema, params = {'w': jnp.zeros(())}, {'w': jnp.ones(())}
-  assert float(train_state.ema_update(ema, params, jnp.array(1))['w']) == pytest.approx(0.5)
-  assert float(train_state.ema_update(ema, params, jnp.array(1000))['w']) == pytest.approx(0.01)
+  assert float(train_state.ema_update(ema, params, jnp.array(1), 0.99)['w']) == pytest.approx(0.5)
+  assert float(train_state.ema_update(ema, params, jnp.array(1000), 0.99)['w']) == pytest.approx(0.01)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -14,7 +14,11 @@ LABEL_SPEC = common.LabelSpec(
     class_names=('sky', 'building', 'pole', 'road', 'pavement', 'tree', 'signsymbol', 'fence', 'car',
                  'pedestrian', 'bicyclist'),
     id_to_train={i: i for i in range(11)},  # 11 = unlabelled -> ignore
-    valid_ids=frozenset(range(12)))
+    valid_ids=frozenset(range(12)),
+    # The colours of the SegNet CamVid release.
+    colours=((128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+             (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0),
+             (0, 128, 192)))
 
 
 class CamVid(common.Reader):

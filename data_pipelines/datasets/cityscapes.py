@@ -26,7 +26,7 @@ LABEL_SPEC = common.LabelSpec(
     class_names=common.CITYSCAPES_CLASSES,
     id_to_train={raw: train for train, raw in enumerate(
         [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33])},
-    valid_ids=frozenset(range(34)) | {255})
+    valid_ids=frozenset(range(34)) | {255}, colours=common.CITYSCAPES_COLOURS)
 
 _NAME = re.compile(r'(?P<city>.+)_(?P<seq>\d{6})_(?P<frame>\d{6})_leftImg8bit$')
 

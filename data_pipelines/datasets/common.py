@@ -28,6 +28,12 @@ CITYSCAPES_CLASSES = (
     'road', 'sidewalk', 'building', 'wall', 'fence', 'pole', 'traffic light', 'traffic sign',
     'vegetation', 'terrain', 'sky', 'person', 'rider', 'car', 'truck', 'bus', 'train', 'motorcycle',
     'bicycle')
+# Their official colours (cityscapesscripts' labels.py), in the same order.
+CITYSCAPES_COLOURS = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153),
+    (153, 153, 153), (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152),
+    (70, 130, 180), (220, 20, 60), (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100),
+    (0, 80, 100), (0, 0, 230), (119, 11, 32))
 
 IMAGE_EXTENSIONS = ('.png', '.jpg')
 
@@ -65,10 +71,16 @@ class LabelSpec:
     class_names: names of the training classes, index = training id.
     id_to_train: raw id -> training id; raw ids in `valid_ids` but not here map to IGNORE_LABEL.
     valid_ids: every raw id the dataset may contain; anything else is corrupt data.
+    colours: (r, g, b) of each training class, for pictures of predictions.
   """
   class_names: tuple[str, ...]
   id_to_train: Mapping[int, int]
   valid_ids: frozenset[int]
+  colours: tuple[tuple[int, int, int], ...]
+
+  def __post_init__(self):
+    if len(self.colours) != len(self.class_names):
+      raise ValueError(f'LabelSpec: {len(self.colours)} colours for {len(self.class_names)} classes')
 
   @property
   def num_classes(self) -> int:
@@ -79,6 +91,19 @@ class LabelSpec:
     table = np.full(256, IGNORE_LABEL, np.uint8)
     for raw, train in self.id_to_train.items():
       table[raw] = train
+    return table
+
+  def colour_table(self) -> np.ndarray:
+    """[256, 3] uint8: training id -> colour (black for the ignore id and unused ids)."""
+    table = np.zeros((256, 3), np.uint8)
+    table[:self.num_classes] = self.colours
+    return table
+
+  def raw_id_table(self) -> np.ndarray:
+    """[256] uint8: training id -> the dataset's raw label id (the official result format)."""
+    table = np.zeros(256, np.uint8)
+    for raw, train in self.id_to_train.items():
+      table[train] = raw
     return table
 
   def valid_table(self) -> np.ndarray:

@@ -14,7 +14,6 @@ import glob
 import os
 
 import numpy as np
-from PIL import Image
 
 from data_pipelines.datasets import common
 
@@ -24,7 +23,7 @@ LABEL_SPEC = common.LabelSpec(
     class_names=common.CITYSCAPES_CLASSES,
     id_to_train={3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11,
                  17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18},
-    valid_ids=frozenset(range(23)))
+    valid_ids=frozenset(range(23)), colours=common.CITYSCAPES_COLOURS)
 
 # Synthia is also evaluated on 16 and 13 of the 19 classes (SPEC section 2).
 CLASSES_16 = tuple(c for c in common.CITYSCAPES_CLASSES if c not in ('terrain', 'truck', 'train'))

@@ -176,6 +176,20 @@ def build(kind: str, config: ml_collections.ConfigDict) -> nn.Module:
   return NETWORKS[kind](config)
 
 
+def forward(network: nn.Module, kind: str, params, batch_stats, x: jax.Array, *, train: bool, key,
+            frames: bool) -> tuple[dict, Any]:
+  """(outputs, batch_stats) of a segmentation network (`kind` transfer or mtl): frames
+  [B, 3, H, W, 3] run the whole multi-task network (poses included); images [B, H, W, 3] run
+  segmentation only. In train mode BatchNorm updates its statistics and dropout draws from `key`."""
+  variables = {'params': params, 'batch_stats': batch_stats}
+  method = None if frames or kind == 'transfer' else 'segment'
+  if not train:
+    return network.apply(variables, x, train=False, method=method), batch_stats
+  out, updates = network.apply(variables, x, train=True, method=method, mutable=['batch_stats'],
+                               rngs={'dropout': key})
+  return out, updates['batch_stats']
+
+
 def example_input(kind: str, batch: int, height: int, width: int) -> jax.Array:
   """A zero input of the right shape for `kind` (frame triplets for sde and mtl)."""
   if kind in ('sde', 'mtl'):

@@ -6,7 +6,6 @@ Output: <workdir>/data/summary.json and the same as a readable table on stdout.
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import logging
 import os
@@ -15,7 +14,10 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import sources
+from data_pipelines import statistics
 from data_pipelines.datasets import common
+from sdeseg_jax import artifacts
+from sdeseg_jax.stages import base
 
 ROLES = ('target', 'source')
 
@@ -32,34 +34,6 @@ def _split_sizes(reader: common.Reader) -> dict:
       except common.DataError as e:
         sizes[f'{kind}/{split}'] = f'absent ({e})'
   return sizes
-
-
-def class_frequencies(index: common.ExampleIndex, spec: common.LabelSpec, max_labels: int,
-                      workers: int = 0) -> dict:
-  """Pixel fraction of each training class over up to `max_labels` evenly spaced label maps.
-
-  Raises a DataError naming a label map that is unreadable or holds ids the dataset cannot contain.
-  """
-  labels = index.labels[index.is_labeled]
-  if not len(labels):
-    return {}
-  labels = labels[np.unique(np.linspace(0, len(labels) - 1, min(max_labels, len(labels))).astype(int))]
-  lookup, store = spec.lookup_table(), index.store
-
-  def count(path):
-    ids = common.decode_label_png(path, store)
-    invalid = spec.invalid_ids(ids)
-    if invalid:
-      raise common.DataError(f'{path}: label ids {invalid} are not ids of this dataset')
-    return np.bincount(lookup[ids].ravel(), minlength=256)
-
-  with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-    counts = sum(pool.map(count, labels))
-  total = counts.sum()
-  result = {name: float(counts[i] / total) for i, name in enumerate(spec.class_names)}
-  result['(ignored)'] = float(counts[common.IGNORE_LABEL] / total)
-  result['(label maps scanned)'] = int(len(labels))
-  return result
 
 
 def intrinsics_summary(index: common.ExampleIndex, resolution) -> list[dict]:
@@ -79,7 +53,7 @@ def summarise(entry: ml_collections.ConfigDict, reader: common.Reader, max_label
   train = reader.segmentation('train')
   return dict(dataset=entry.name, root=reader.root, resolution=list(entry.resolution),
               classes=list(reader.label_spec.class_names), splits=_split_sizes(reader),
-              class_frequencies=class_frequencies(train, reader.label_spec, max_labels, workers),
+              class_frequencies=statistics.class_frequencies(train, reader.label_spec, max_labels, workers),
               intrinsics=intrinsics_summary(train, tuple(entry.resolution)))
 
 
@@ -112,8 +86,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     print(format_summary(role, summaries[role]), flush=True)
   if not summaries:
     raise common.DataError('config.data: no dataset named (set config.data.target.name)')
-  out = os.path.join(workdir, 'data', 'summary.json')
+  out = artifacts.data_summary(workdir)
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, 'w') as f:
     json.dump(summaries, f, indent=2)
   logging.info('Data summary written to %s', out)
+
+
+STAGE = base.Stage('data', run, primary_only=True)

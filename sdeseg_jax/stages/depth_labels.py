@@ -10,37 +10,22 @@ from __future__ import annotations
 import logging
 import os
 
-import jax
 import ml_collections
 import numpy as np
 
-from data_pipelines import pipeline
 from data_pipelines import sources
 from data_pipelines.datasets import DataError
-from sdeseg_jax import stages
+from sdeseg_jax import artifacts
+from sdeseg_jax import evaluation
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
-from sdeseg_jax.stages import sde_pretrain
-from sdeseg_jax.training import checkpointing
+from sdeseg_jax.stages import base
 from sdeseg_jax.training import distributed
 from sdeseg_jax.training import sharding
+from sdeseg_jax.weights import layouts
 
-# role -> (the SDE stage, its folder, the model config key)
-SDE_OF_ROLE = {'target': ('sde_pretrain', 'sde', 'model'),
-               'source': ('sde_source', 'sde_source', 'source_model')}
-
-
-def depth_dir(workdir: str, role: str) -> str:
-  return os.path.join(workdir, 'depth', role)
-
-
-def load_sde_variables(directory: str) -> dict:
-  """{'params', 'batch_stats'} of the latest checkpoint of an SDE run."""
-  ckpt = os.path.join(directory, 'ckpt')
-  if not os.path.isdir(ckpt):
-    raise checkpointing.CheckpointError(f'{ckpt}: no SDE checkpoint; run the sde_pretrain stage '
-                                        'first (or name it in config.stages)')
-  return sde_pretrain.sde_variables(checkpointing.read_arrays(ckpt))
+# role -> the model config key of its SDE
+MODEL_OF_ROLE = {'target': 'model', 'source': 'source_model'}
 
 
 def _save_atomic(path: str, array: np.ndarray) -> None:
@@ -51,35 +36,36 @@ def _save_atomic(path: str, array: np.ndarray) -> None:
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """Fails on a role with no SDE stage (stages.run_stages calls it before running any stage)."""
-  unknown = [role for role in config.depth_labels.roles if role not in SDE_OF_ROLE]
+  unknown = [role for role in config.depth_labels.roles if role not in MODEL_OF_ROLE]
   if unknown:
     raise ConfigError(f'config.depth_labels.roles: {unknown} have no SDE stage (known: '
-                      f'{sorted(SDE_OF_ROLE)})')
+                      f'{sorted(MODEL_OF_ROLE)})')
 
 
-def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:
   """The SDE checkpoint of each role."""
   items = []
   for role in config.depth_labels.roles:
-    stage, folder, _ = SDE_OF_ROLE[role]
-    items.append(stages.Input(os.path.join(workdir, folder, 'ckpt'), stage,
-                              f'the depth labels of {role}', f'run the {stage} stage first'))
+    stage = artifacts.SDE_STAGE_OF_ROLE[role]
+    items.append(base.Input(artifacts.sde_checkpoint(workdir, role), stage,
+                            f'the depth labels of {role}', f'run the {stage} stage first'))
   return items
 
 
 def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: str) -> int:
   """Predicts and writes the missing depth labels of `role`; returns how many were written."""
-  _, folder, model_key = SDE_OF_ROLE[role]
   entry = config.data[role]
   mesh = sharding.make_mesh()
   batch_size = config.depth_labels.batch_size
   sharding.check_global_batch(batch_size, mesh)
   reader = sources.open_dataset(entry, workdir, role)
-  out = depth_dir(workdir, role)
+  out = artifacts.depth_dir(workdir, role)
   os.makedirs(out, exist_ok=True)
-  network = networks.build('sde', config[model_key])
-  variables = sharding.replicate(load_sde_variables(os.path.join(workdir, folder)), mesh)
-  predict = sharding.jit_eval_step(sde_pretrain.make_predict_disparity(network), mesh)
+  network = networks.build('sde', config[MODEL_OF_ROLE[role]])
+  stage = artifacts.SDE_STAGE_OF_ROLE[role]
+  variables = sharding.replicate(layouts.read_sde(
+      artifacts.sde_checkpoint(workdir, role), f'run the {stage} stage first'), mesh)
+  predict = sharding.jit_eval_step(evaluation.predict_disparity(network), mesh)
   indices = {}
   for split in reader.segmentation_splits:
     try:
@@ -100,17 +86,12 @@ def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: st
     distributed.barrier(f'depth labels {role}/{split}')
     if not todo:
       continue
-    index = index.subset(todo).without_labels()
-    batches = pipeline.validation_batches(
-        index, reader.label_spec, resolution=tuple(entry.resolution),
-        sharding=pipeline.Sharding(batch_size, jax.process_index(), jax.process_count()))
-    for batch in batches:
-      disparity = sharding.local_rows(predict(variables, sharding.global_batch(
-          {'image': batch['image']}, mesh)))
-      for row in np.flatnonzero(batch['valid']):
-        _save_atomic(os.path.join(out, index.ids[batch['index'][row]] + '.npy'),
-                     disparity[row, ..., 0])
-        written += 1
+    index = index.subset(todo)
+    for example, disparity in evaluation.each_local_row(
+        predict, variables, index, reader, resolution=tuple(entry.resolution), mesh=mesh,
+        batch_size=batch_size):
+      _save_atomic(os.path.join(out, example + '.npy'), disparity[..., 0])
+      written += 1
     logging.info('depth labels %s/%s: %d images', role, split, len(index))
   return written
 
@@ -119,3 +100,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   check_config(config)
   for role in config.depth_labels.roles:
     write_depth_labels(config, workdir, role)
+
+
+STAGE = base.Stage('depth_labels', run, check_config, inputs)

@@ -19,21 +19,16 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from data_pipelines import pipeline
 from data_pipelines import sources
-from sdeseg_jax import predict as predict_lib
-from sdeseg_jax import stages
+from sdeseg_jax import artifacts
+from sdeseg_jax import evaluation
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
-from sdeseg_jax.ops import segmentation
-from sdeseg_jax.stages import segment
-from sdeseg_jax.training import checkpointing
+from sdeseg_jax.stages import base
 from sdeseg_jax.training import sharding
+from sdeseg_jax.weights import layouts
 
-CLASS_SUBSETS = {'16': segmentation.SYNTHIA_16_CLASSES, '13': segmentation.SYNTHIA_13_CLASSES}
-
-
-WEIGHTS = ('best', 'latest')
+WEIGHTS = artifacts.SEGMENT_WEIGHTS
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -41,62 +36,31 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   which, subsets = config.evaluate.weights, tuple(config.evaluate.class_subsets)
   if which not in WEIGHTS:
     raise ConfigError(f'config.evaluate.weights={which!r}: expected one of {WEIGHTS}')
-  unknown = [name for name in subsets if name not in CLASS_SUBSETS]
+  unknown = [name for name in subsets if name not in evaluation.CLASS_SUBSETS]
   if unknown:
     raise ConfigError(f'config.evaluate.class_subsets={subsets}: unknown {unknown} (known: '
-                      f'{tuple(CLASS_SUBSETS)})')
+                      f'{tuple(evaluation.CLASS_SUBSETS)})')
 
 
-def weights_dir(workdir: str, which: str) -> str:
-  """The checkpoint of the segment stage's best evaluated ('best') or latest weights."""
-  if which not in WEIGHTS:
-    raise ConfigError(f'config.evaluate.weights={which!r}: expected one of {WEIGHTS}')
-  return os.path.join(workdir, 'segment', 'best' if which == 'best' else 'ckpt')
-
-
-def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
-  return [stages.Input(weights_dir(workdir, config.evaluate.weights), 'segment',
-                       f'config.evaluate.weights={config.evaluate.weights!r}',
-                       'run the segment stage first')]
-
-
-def load_weights(workdir: str, which: str) -> dict:
-  """{'params', 'batch_stats'} of the segment stage: its best evaluated or its latest weights."""
-  path = weights_dir(workdir, which)
-  if not os.path.isdir(path):
-    raise checkpointing.CheckpointError(f'{path}: no segmentation weights; run the segment stage '
-                                        'first')
-  arrays = checkpointing.read_arrays(path)
-  return {'params': arrays['params'], 'batch_stats': arrays['batch_stats']}
+def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:
+  check_config(config)
+  which = config.evaluate.weights
+  return [base.Input(artifacts.segment_weights(workdir, which), 'segment',
+                     f'config.evaluate.weights={which!r}', 'run the segment stage first')]
 
 
 def export_predictions(predict, variables, index, reader, *, resolution, mesh, batch_size: int,
                        out_dir: str) -> int:
   """Writes <id>_labelIds.png (raw label ids, the official result format) for every image."""
   os.makedirs(out_dir, exist_ok=True)
-  batches = pipeline.validation_batches(
-      index.without_labels(), reader.label_spec, resolution=resolution,
-      sharding=pipeline.Sharding(batch_size, jax.process_index(), jax.process_count()))
   argmax = jax.jit(lambda logits: jnp.argmax(logits, -1).astype(jnp.uint8))
+  raw_ids = reader.label_spec.raw_id_table()
   written = 0
-  for batch in batches:
-    placed = sharding.global_batch({'image': batch['image']}, mesh)
-    classes = sharding.local_rows(argmax(predict(variables, placed)))
-    for row in np.flatnonzero(batch['valid']):
-      name = index.ids[batch['index'][row]]
-      Image.fromarray(predict_lib.label_ids(classes[row], reader.label_spec)).save(
-          os.path.join(out_dir, f'{name}_labelIds.png'))
-      written += 1
+  for example, classes in evaluation.each_local_row(
+      lambda v, batch: argmax(predict(v, batch)), variables, index, reader, resolution=resolution, mesh=mesh, batch_size=batch_size):
+    Image.fromarray(raw_ids[classes]).save(os.path.join(out_dir, f'{example}_labelIds.png'))
+    written += 1
   return written
-
-
-def format_table(report: dict) -> str:
-  lines = [f'{"class":16s} {"IoU":>7s}']
-  lines += [f'{name:16s} {100 * iou:7.2f}' for name, iou in report['iou'].items()]
-  lines.append(f'{"mIoU":16s} {100 * report["miou"]:7.2f}')
-  for name, value in report.get('subsets', {}).items():
-    lines.append(f'{"mIoU (" + name + ")":16s} {100 * value:7.2f}')
-  return '\n'.join(lines)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -106,26 +70,29 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   sharding.check_global_batch(config.segment.eval_batch_size, mesh)
   reader = sources.open_dataset(entry, workdir, 'target')
   network = networks.build(config.segment.network, config.model)
-  variables = sharding.replicate(load_weights(workdir, config.evaluate.weights), mesh)
-  predict = sharding.jit_eval_step(segment.make_predict_logits(network, config.segment.network),
-                                   mesh)
-  matrix = segment.confusion(predict, variables, reader.segmentation('val'), reader,
+  weights = artifacts.segment_weights(workdir, config.evaluate.weights)
+  variables = sharding.replicate(
+      layouts.read_variables(weights, 'run the segment stage first'), mesh)
+  predict = sharding.jit_eval_step(
+      evaluation.predict_logits(network, config.segment.network), mesh)
+  matrix = evaluation.confusion(predict, variables, reader.segmentation('val'), reader,
                              resolution=tuple(entry.resolution), mesh=mesh,
                              batch_size=config.segment.eval_batch_size,
                              strict_labels=config.data.strict_labels)
-  report = segment.miou_report(matrix, reader.label_spec.class_names)
-  report['subsets'] = {
-      name: float(segmentation.class_subset_miou(jnp.asarray(matrix), CLASS_SUBSETS[name])[1])
-      for name in config.evaluate.class_subsets}
+  report = evaluation.miou_report(matrix, reader.label_spec.class_names)
+  report['subsets'] = evaluation.subset_mious(matrix, config.evaluate.class_subsets)
   report['confusion'] = np.asarray(matrix).tolist()
   report['weights'] = config.evaluate.weights
   for split in config.evaluate.export_splits:
-    out_dir = os.path.join(workdir, 'predictions', split)
+    out_dir = artifacts.predictions_dir(workdir, split)
     count = export_predictions(predict, variables, reader.segmentation(split), reader,
                                resolution=tuple(entry.resolution), mesh=mesh,
                                batch_size=config.segment.eval_batch_size, out_dir=out_dir)
     logging.info('Exported %d %s predictions to %s', count, split, out_dir)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'eval.json'), 'w') as f:
+    with open(artifacts.eval_file(workdir), 'w') as f:
       json.dump(report, f, indent=2)
-    print(format_table(report), flush=True)
+    print(evaluation.format_table(report), flush=True)
+
+
+STAGE = base.Stage('evaluate', run, check_config, inputs)

@@ -25,42 +25,25 @@ from data_pipelines import pipeline
 from data_pipelines import sampling
 from data_pipelines import sources
 from sdeseg_jax import ops
-from sdeseg_jax import stages
+from sdeseg_jax import artifacts
+from sdeseg_jax import evaluation
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
+from sdeseg_jax.stages import base
 from sdeseg_jax.training import checkpointing
 from sdeseg_jax.training import loop
 from sdeseg_jax.training import optim
 from sdeseg_jax.training import sharding
 from sdeseg_jax.training import train_state
-
-# Where each init entry goes in the SDE network's variables ({source prefix: target prefix}).
-IMAGENET_ENCODER = {'params': 'params/encoder', 'batch_stats': 'batch_stats/encoder'}
-_IMAGENET_POSE = {'params': 'params/pose/pose_encoder', 'batch_stats': 'batch_stats/pose/pose_encoder'}
-_OWN_SDE = {'params': 'params', 'batch_stats': 'batch_stats'}
-
-
-def sde_variables(arrays: dict) -> dict:
-  """{'params', 'batch_stats'} of an SDE checkpoint's arrays in an SDE run's layout: a converted
-  reference SDE (weights.convert --from reference_sde: encoder, depth_decoder, pose_encoder and
-  pose_decoder at top level; the pose decoder has no BatchNorm) gets its pose network nested
-  under 'pose'; an SDE run's checkpoint keeps its layout."""
-  variables = {}
-  for collection in ('params', 'batch_stats'):
-    tree = dict(arrays.get(collection, {}))
-    pose = {m: tree.pop(m) for m in ('pose_encoder', 'pose_decoder') if m in tree}
-    if pose:
-      tree['pose'] = pose
-    variables[collection] = tree
-  return variables
-
+from sdeseg_jax.weights import layouts
 
 def initial_variables(variables: dict, init: ml_collections.ConfigDict) -> dict:
   """The network's variables with the configured pretrained weights loaded over them (unchanged,
   and so traceable by jax.eval_shape, when there are none)."""
   # (folder, its arrays -> the tree to load, {source prefix: target prefix})
-  entries = [(init.sde, sde_variables, _OWN_SDE), (init.encoder, dict, IMAGENET_ENCODER),
-             (init.pose_encoder, dict, _IMAGENET_POSE)]
+  entries = [(init.sde, layouts.sde_variables, layouts.WHOLE_SDE),
+             (init.encoder, dict, layouts.IMAGENET_ENCODER),
+             (init.pose_encoder, dict, layouts.IMAGENET_POSE_ENCODER)]
   for directory, layout, mapping in entries:
     if not directory:
       continue
@@ -121,13 +104,6 @@ def make_train_step(network, model: ml_collections.ConfigDict, sde: ml_collectio
     return state.apply_gradients(grads, batch_stats), metrics
 
   return step
-
-
-def make_predict_disparity(network):
-  """(variables, batch) -> [B, H, W, 1] level-0 disparity of batch['image'] (inference mode)."""
-  def predict(variables, batch):
-    return network.apply(variables, batch['image'], method='depth')['disp'][0]
-  return predict
 
 
 @functools.partial(jax.jit, static_argnames=('min_depth', 'max_depth'))
@@ -205,7 +181,7 @@ def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
   state, resumed = checkpointer.restore_or_init(state)
   start = int(jax.device_get(state.step))
   writer = loop.create_writer(os.path.join(directory, 'logs'))
-  predict = sharding.jit_eval_step(make_predict_disparity(network), mesh)
+  predict = sharding.jit_eval_step(evaluation.predict_disparity(network), mesh)
   truth = depth_truth.DepthTruth(reader.root, sources.roots(entry, workdir, role)[0])
   variables = lambda s: {'params': s.params, 'batch_stats': s.batch_stats}
 
@@ -249,22 +225,22 @@ def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The target-domain SDE (config.model, config.sde) -> <workdir>/sde."""
   train_sde(config, workdir, role='target', model=config.model, sde=config.sde,
-            directory=os.path.join(workdir, 'sde'))
+            directory=artifacts.sde_dir(workdir, 'target'))
 
 
-def _init_inputs(sde: ml_collections.ConfigDict, key: str) -> list[stages.Input]:
+def _init_inputs(sde: ml_collections.ConfigDict, key: str) -> list[base.Input]:
   """The pretrained weights config.<key>.init names (the user provides them)."""
-  return [stages.Input(path, '', f'config.{key}.init.{name}',
+  return [base.Input(path, '', f'config.{key}.init.{name}',
                        "convert one with python -m sdeseg_jax.weights.convert, or set it to ''")
           for name, path in sde.init.items() if path]
 
 
-def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:
   del workdir  # the SDE reads only the data and the configured weights
   return _init_inputs(config.sde, 'sde')
 
 
-def source_inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+def source_inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:
   del workdir
   return _init_inputs(config.source_sde, 'source_sde')
 
@@ -281,4 +257,8 @@ def run_source(config: ml_collections.ConfigDict, workdir: str) -> None:
   source video set -> <workdir>/sde_source."""
   check_source_config(config)
   train_sde(config, workdir, role='source', model=config.source_model, sde=config.source_sde,
-            directory=os.path.join(workdir, 'sde_source'))
+            directory=artifacts.sde_dir(workdir, 'source'))
+
+
+STAGE = base.Stage('sde_pretrain', run, inputs=inputs)
+SOURCE_STAGE = base.Stage('sde_source', run_source, check_source_config, source_inputs)

@@ -13,7 +13,6 @@ Output: <workdir>/segment/ckpt, logs, best/ (the best evaluated weights) and bes
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -27,36 +26,23 @@ from data_pipelines import pipeline
 from data_pipelines import sources
 from data_pipelines import subsets
 from data_pipelines.datasets import DataError
+from sdeseg_jax import artifacts
+from sdeseg_jax import evaluation
 from sdeseg_jax import ops
-from sdeseg_jax import predict as predict_lib
-from sdeseg_jax import stages
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import augment
 from sdeseg_jax.ops import mixing
 from sdeseg_jax.ops import segmentation
-from sdeseg_jax.stages import depth_labels
-from sdeseg_jax.stages import sde_pretrain
-from sdeseg_jax.stages import select_labels
+from sdeseg_jax.stages import base
 from sdeseg_jax.training import checkpointing
 from sdeseg_jax.training import loop
 from sdeseg_jax.training import optim
 from sdeseg_jax.training import sharding
 from sdeseg_jax.training import train_state
+from sdeseg_jax.weights import layouts
 
 MIXES = ('none', 'pseudo', 'classmix', 'depthmix')
-
-
-def _pairs(*pairs):
-  return [(f'{c}/{s}', f'{c}/{t}') for c in ('params', 'batch_stats') for s, t in pairs]
-
-
-# SDE checkpoint -> segmentation network (the depth decoder initialises every decoder).
-INIT_FROM_SDE = {
-    'transfer': _pairs(('encoder', 'encoder'), ('depth_decoder', 'seg_decoder')),
-    'mtl': _pairs(('encoder', 'encoder'), ('depth_decoder', 'pad/depth_decoder'),
-                  ('depth_decoder', 'pad/seg_decoder'), ('pose', 'pose')),
-}
 
 
 def uses_teacher(seg: ml_collections.ConfigDict) -> bool:
@@ -112,7 +98,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f'config.segment.source.candidates={cross.candidates}: need at least 1')
 
 
-def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input]:
+def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:
   """The depth labels the mixing reads, the SDE or ImageNet weights of the initialisation and the
   selection file of the labeled subset."""
   seg, cross = config.segment, config.segment.source
@@ -130,27 +116,39 @@ def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[stages.Input
           " with config.depth_labels.roles including 'source' (after the sde_source stage)"
           if role == 'source' else '')
     maker = 'depth_labels' if role in config.depth_labels.roles else ''
-    items.append(stages.Input(depth_labels.depth_dir(workdir, role), maker,
+    items.append(base.Input(artifacts.depth_dir(workdir, role), maker,
                               f'{reader} ({role} depth labels)', todo))
   if seg.init == 'sde':
-    items.append(stages.Input(
+    items.append(base.Input(
         sde_checkpoint(config, workdir), '' if seg.sde_checkpoint else 'sde_pretrain',
         'config.segment.init=sde', 'run the sde_pretrain stage first or set '
         'config.segment.sde_checkpoint to an SDE checkpoint'))
   elif seg.init == 'imagenet':
-    items.append(stages.Input(seg.imagenet_encoder, '', 'config.segment.imagenet_encoder',
+    items.append(base.Input(seg.imagenet_encoder, '', 'config.segment.imagenet_encoder',
                               'convert one with python -m sdeseg_jax.weights.convert'))
   if seg.selection:
-    stage_output = seg.selection == select_labels.STAGE_VALUE
-    items.append(stages.Input(
-        select_labels.output_file(workdir) if stage_output else seg.selection,
+    stage_output = seg.selection == artifacts.SELECTION_FROM_STAGE
+    items.append(base.Input(
+        artifacts.selection_file(workdir) if stage_output else seg.selection,
         'select_labels' if stage_output else '', f'config.segment.selection={seg.selection!r}',
         'run the select_labels stage first' if stage_output else 'name an existing id list'))
   return items
 
 
 def sde_checkpoint(config, workdir: str) -> str:
-  return config.segment.sde_checkpoint or os.path.join(workdir, 'sde', 'ckpt')
+  return config.segment.sde_checkpoint or artifacts.sde_checkpoint(workdir)
+
+
+def selection_file(value: str, workdir: str) -> str:
+  """The selection file a config.segment.selection value names: '' (none: a seeded random subset),
+  'select_labels' (that stage's selection.json, which must exist), or a path."""
+  if value != artifacts.SELECTION_FROM_STAGE:
+    return value
+  path = artifacts.selection_file(workdir)
+  if not os.path.exists(path):
+    raise DataError(f"{path}: missing; config.segment.selection='{value}' reads the "
+                    "select_labels stage's output: run that stage first (config.stages)")
+  return path
 
 
 def initial_variables(config, workdir: str, variables: dict) -> dict:
@@ -159,13 +157,14 @@ def initial_variables(config, workdir: str, variables: dict) -> dict:
   seg = config.segment
   if seg.init == 'sde':
     path = sde_checkpoint(config, workdir)
-    source = sde_pretrain.sde_variables(checkpointing.read_arrays(path))
+    source = layouts.sde_variables(checkpointing.read_arrays(path))
     variables, _ = checkpointing.merge_by_mapping(jax.device_get(variables), source,
-                                                  INIT_FROM_SDE[seg.network], what=path)
+                                                  layouts.SDE_INTO_SEGMENTATION[seg.network],
+                                                  what=path)
   elif seg.init == 'imagenet':
     variables, _ = checkpointing.merge_by_mapping(
         jax.device_get(variables), checkpointing.read_arrays(seg.imagenet_encoder),
-        sde_pretrain.IMAGENET_ENCODER, what=seg.imagenet_encoder)
+        layouts.IMAGENET_ENCODER, what=seg.imagenet_encoder)
   return variables
 
 
@@ -180,18 +179,6 @@ def create_state(config, workdir: str, network) -> train_state.TrainState:
   return train_state.TrainState.create(
       params=params, batch_stats=variables['batch_stats'], tx=optim.build(seg.optim, params),
       rng=jax.random.key_data(jax.random.fold_in(key, 2)), ema=uses_teacher(seg))
-
-
-def forward(network, kind: str, params, batch_stats, x, *, train: bool, key, frames: bool):
-  """(outputs, batch_stats): frames [B, 3, H, W, 3] run the whole multi-task network (poses
-  included); images [B, H, W, 3] run segmentation only."""
-  variables = {'params': params, 'batch_stats': batch_stats}
-  method = None if frames or kind == 'transfer' else 'segment'
-  if not train:
-    return network.apply(variables, x, train=False, method=method), batch_stats
-  out, updates = network.apply(variables, x, train=True, method=method, mutable=['batch_stats'],
-                               rngs={'dropout': key})
-  return out, updates['batch_stats']
 
 
 def segmentation_loss(out: dict, labels: jax.Array) -> jax.Array:
@@ -217,8 +204,9 @@ def teacher_distribution(network, config: ml_collections.ConfigDict, num_classes
   seg = config.segment
 
   def teacher(teacher_params, stats, mix_batch, key):
-    out, _ = forward(network, seg.network, jax.lax.stop_gradient(teacher_params), stats,
-                     mix_batch['image'], train=seg.teacher_train_mode, key=key, frames=False)
+    out, _ = networks.forward(network, seg.network, jax.lax.stop_gradient(teacher_params), stats,
+                              mix_batch['image'], train=seg.teacher_train_mode, key=key,
+                              frames=False)
     probs = jax.nn.softmax(jax.lax.stop_gradient(out['logits']), axis=-1)
     truth = mixing.one_hot_targets(mix_batch['label'], num_classes)
     return jnp.where(mix_batch['labeled'][:, None, None, None], truth, probs)
@@ -227,12 +215,12 @@ def teacher_distribution(network, config: ml_collections.ConfigDict, num_classes
 
 
 def make_mixing(network, config: ml_collections.ConfigDict):
-  """mix_inputs(student, probs, stats, mix_batch, keys[4]) -> (mixed, stats): Target-Domain mixing.
+  """mix_inputs(student, probs, stats, mix_batch, keys) -> (mixed, stats): Target-Domain mixing.
 
-  probs: the teacher distribution of the mixing batch (teacher_distribution). The mask comes from
-  the depth (DepthMix: depth labels, or with online_depth the student's detached disparity, whose
-  forward also gives the mixing batch's SDE loss) or the teacher's classes (ClassMix); image b is
-  mixed with image b+1 and strongly augmented.
+  probs: the teacher distribution of the mixing batch (teacher_distribution); keys: step_keys.
+  The mask comes from the depth (DepthMix: depth labels, or with online_depth the student's
+  detached disparity, whose forward also gives the mixing batch's SDE loss) or the teacher's
+  classes (ClassMix); image b is mixed with image b+1 and strongly augmented.
   mixed = dict(images, pseudo [B, H, W], quality, mask [B, H, W, 1], sde_term).
   """
   seg, online = config.segment, online_depth(config.segment)
@@ -240,22 +228,22 @@ def make_mixing(network, config: ml_collections.ConfigDict):
   def mix_inputs(student, probs, stats, mix_batch, keys):
     sde_term, disparity = jnp.zeros([]), mix_batch.get('depth')
     if online:
-      out, stats = forward(network, seg.network, student, stats, mix_batch['frames'], train=True,
-                           key=keys[0], frames=True)
-      sde_term = _sde_term(out, mix_batch, keys[1], config.sde)
+      out, stats = networks.forward(network, seg.network, student, stats, mix_batch['frames'],
+                                    train=True, key=keys['online_dropout'], frames=True)
+      sde_term = _sde_term(out, mix_batch, keys['mix_sde'], config.sde)
       disparity = jax.lax.stop_gradient(out['disp'][0])
     if seg.mix == 'depthmix':
       depth = mixing.normalize_disparity(disparity)
       mask = mixing.depthmix_mask(depth, mixing.pair_with_next(depth), seg.depthmix_margin)
     elif seg.mix == 'classmix':
-      mask = mixing.classmix_mask(jnp.argmax(probs, axis=-1), keys[2])
+      mask = mixing.classmix_mask(jnp.argmax(probs, axis=-1), keys['classmix'])
     else:  # plain pseudo-labels: nothing is mixed
       mask = jnp.ones(probs.shape[:3] + (1,), jnp.float32)
     images = mixing.mix(mask, mix_batch['image'], mixing.pair_with_next(mix_batch['image']))
     pseudo, max_prob = mixing.pseudo_labels(mixing.mix(mask, probs, mixing.pair_with_next(probs)))
-    return dict(images=augment.strong_augment(keys[3], images, **seg.strong_augment), pseudo=pseudo, mask=mask,
-                quality=mixing.pseudo_label_quality(max_prob, seg.quality_threshold),
-                sde_term=sde_term), stats
+    return dict(images=augment.strong_augment(keys['mix_augment'], images, **seg.strong_augment),
+                pseudo=pseudo, mask=mask, sde_term=sde_term,
+                quality=mixing.pseudo_label_quality(max_prob, seg.quality_threshold)), stats
 
   return mix_inputs
 
@@ -310,164 +298,153 @@ def make_cross_domain_mixing(config: ml_collections.ConfigDict):
     else:
       mask = mixing.classmix_mask(source['label'], class_key)
     images = mixing.mix(mask, source['image'], mix_batch['image'])
-    return dict(images=augment.strong_augment(augment_key, images, **seg.strong_augment), mask=mask, quality=quality,
+    return dict(images=augment.strong_augment(augment_key, images, **seg.strong_augment),
+                mask=mask, quality=quality,
                 labels=mixing.mix_labels(mask, source['label'], target_labels),
                 weights=mixing.cross_domain_pixel_weights(mask, quality))
 
   return cross_inputs
 
 
-def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int):
-  """step(state, {'labeled': batch[, 'mix': batch][, 'source': batch]}) -> (state, metrics)."""
+# The step's PRNG keys by use. One split of the step key: appending a use keeps the draws of the
+# others (threefry's split is index-wise).
+STEP_KEYS = ('labeled_dropout', 'labeled_sde', 'teacher_dropout', 'online_dropout', 'mix_sde',
+             'classmix', 'mix_augment', 'mixed_dropout', 'source_dropout', 'cross_mixing',
+             'cross_dropout')
+
+
+def step_keys(key: jax.Array) -> dict[str, jax.Array]:
+  return dict(zip(STEP_KEYS, jax.random.split(key, len(STEP_KEYS))))
+
+
+def make_loss(network, config: ml_collections.ConfigDict, num_classes: int):
+  """loss(params, state, batch) -> (loss, (metrics, batch_stats, mixes)) of one step.
+
+  batch: {'labeled': batch[, 'mix': batch][, 'source': batch]}. mixes: what the student trains on
+  beyond the labeled batch, for the summaries: 'mix' (the Target-Domain mix: images, pseudo, mask,
+  quality), 'source' (the source crops, after Matching Geometry) and 'cross' (the Cross-Domain
+  mix: images, labels, mask), those the config uses.
+  """
   seg = config.segment
   multitask = seg.network == 'mtl'
-  adapt = seg.source.enabled
   teacher = teacher_distribution(network, config, num_classes)
   mix_inputs = make_mixing(network, config)
   cross_inputs = make_cross_domain_mixing(config)
 
   def run(params, stats, x, key, frames=False):
-    return forward(network, seg.network, params, stats, x, train=True, key=key, frames=frames)
+    return networks.forward(network, seg.network, params, stats, x, train=True, key=key,
+                            frames=frames)
+
+  def loss_fn(params, state, batch):
+    keys = step_keys(state.key)
+    metrics, mixes = {}, {}
+    labeled = batch['labeled']
+    out, stats = run(params, state.batch_stats,
+                     labeled['frames'] if multitask else labeled['image'],
+                     keys['labeled_dropout'], frames=multitask)
+    supervised = segmentation_loss(out, labeled['label'])
+    metrics['loss/supervised'] = supervised
+    loss = supervised
+    if multitask:
+      sde_term = _sde_term(out, labeled, keys['labeled_sde'], config.sde)
+      metrics['loss/sde_labeled'] = sde_term
+      loss = loss + seg.sde_weight * sde_term
+    # The teacher sees the BatchNorm statistics the labeled batch has just updated.
+    probs = (teacher(state.ema_params, stats, batch['mix'], keys['teacher_dropout'])
+             if uses_teacher(seg) else None)
+    if seg.mix != 'none':
+      mixed, stats = mix_inputs(params, probs, stats, batch['mix'], keys)
+      mixes['mix'] = mixed
+      out, stats = run(params, stats, mixed['images'], keys['mixed_dropout'])
+      unlabeled = segmentation.cross_entropy(out['logits'], mixed['pseudo'],
+                                             reduction=seg.unlabeled_loss)
+      loss = loss + seg.sde_weight * mixed['sde_term'] + mixed['quality'] * unlabeled
+      metrics.update({'loss/unlabeled': unlabeled, 'pseudo_label_quality': mixed['quality'],
+                      'mask_fraction': jnp.mean(mixed['mask'])})
+      if online_depth(seg):
+        metrics['loss/sde_mix'] = mixed['sde_term']
+    if seg.source.enabled:
+      source = batch['source']
+      if seg.source.matching_geometry:
+        source, g = match_geometry(source, batch['mix']['depth'],
+                                   tuple(seg.source.geometry_rows))
+        metrics['matching_geometry/chosen_g'] = jnp.mean(jnp.min(g, axis=1))
+        metrics['matching_geometry/mean_g'] = jnp.mean(g)
+      mixes['source'] = source
+      out, stats = run(params, stats, source['image'], keys['source_dropout'])
+      source_loss = segmentation_loss(out, source['label'])
+      metrics['loss/source'] = source_loss
+      loss = loss + source_loss
+      if seg.source.mix != 'none':
+        cross = cross_inputs(source, probs, batch['mix'], keys['cross_mixing'])
+        mixes['cross'] = cross
+        out, stats = run(params, stats, cross['images'], keys['cross_dropout'])
+        cross_loss = segmentation.cross_entropy(out['logits'], cross['labels'],
+                                                weights=cross['weights'],
+                                                reduction=seg.unlabeled_loss)
+        loss = loss + cross_loss
+        metrics.update({'loss/cross_domain': cross_loss,
+                        'cross_domain/source_fraction': jnp.mean(cross['mask']),
+                        'cross_domain/quality': cross['quality']})
+    metrics['loss/total'] = loss
+    return loss, (metrics, stats, mixes)
+
+  return loss_fn
+
+
+def make_train_step(network, config: ml_collections.ConfigDict, num_classes: int):
+  """step(state, {'labeled': batch[, 'mix': batch][, 'source': batch]}) -> (state, metrics):
+  the gradient of make_loss, one optimiser step, then the mean teacher follows the student."""
+  seg = config.segment
+  loss_fn = make_loss(network, config, num_classes)
 
   def step(state, batch):
-    keys = jax.random.split(state.key, 12)
-
-    def loss_fn(params):
-      metrics = {}
-      labeled = batch['labeled']
-      out, stats = run(params, state.batch_stats,
-                       labeled['frames'] if multitask else labeled['image'], keys[0],
-                       frames=multitask)
-      supervised = segmentation_loss(out, labeled['label'])
-      metrics['loss/supervised'] = supervised
-      loss = supervised
-      if multitask:
-        sde_term = _sde_term(out, labeled, keys[1], config.sde)
-        metrics['loss/sde_labeled'] = sde_term
-        loss = loss + seg.sde_weight * sde_term
-      if uses_teacher(seg):
-        probs = teacher(state.ema_params, stats, batch['mix'], keys[2])
-      if seg.mix != 'none':
-        mixed, stats = mix_inputs(params, probs, stats, batch['mix'], keys[3:7])
-        out, stats = run(params, stats, mixed['images'], keys[7])
-        unlabeled = segmentation.cross_entropy(out['logits'], mixed['pseudo'],
-                                               reduction=seg.unlabeled_loss)
-        loss = loss + seg.sde_weight * mixed['sde_term'] + mixed['quality'] * unlabeled
-        metrics.update({'loss/unlabeled': unlabeled, 'pseudo_label_quality': mixed['quality'],
-                        'mask_fraction': jnp.mean(mixed['mask'])})
-        if online_depth(seg):
-          metrics['loss/sde_mix'] = mixed['sde_term']
-      if adapt:
-        source = batch['source']
-        if seg.source.matching_geometry:
-          source, g = match_geometry(source, batch['mix']['depth'],
-                                     tuple(seg.source.geometry_rows))
-          metrics['matching_geometry/chosen_g'] = jnp.mean(jnp.min(g, axis=1))
-          metrics['matching_geometry/mean_g'] = jnp.mean(g)
-        out, stats = run(params, stats, source['image'], keys[8])
-        source_loss = segmentation_loss(out, source['label'])
-        metrics['loss/source'] = source_loss
-        loss = loss + source_loss
-        if seg.source.mix != 'none':
-          cross = cross_inputs(source, probs, batch['mix'], keys[9])
-          out, stats = run(params, stats, cross['images'], keys[10])
-          cross_loss = segmentation.cross_entropy(out['logits'], cross['labels'],
-                                                  weights=cross['weights'],
-                                                  reduction=seg.unlabeled_loss)
-          loss = loss + cross_loss
-          metrics.update({'loss/cross_domain': cross_loss,
-                          'cross_domain/source_fraction': jnp.mean(cross['mask']),
-                          'cross_domain/quality': cross['quality']})
-      metrics['loss/total'] = loss
-      return loss, (metrics, stats)
-
-    grads, (metrics, stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads, stats), metrics
+    grads, (metrics, stats, _) = jax.grad(loss_fn, has_aux=True)(state.params, state, batch)
+    state = state.apply_gradients(grads, stats)
+    if uses_teacher(seg):
+      state = train_state.follow_mean_teacher(state, seg.ema_decay)
+    return state, metrics
 
   return step
 
 
-def colourise(train_ids: jax.Array) -> jax.Array:
-  """[B, H, W] training ids -> [B, H, W, 3] colours in [0, 1] (ignore: black)."""
-  table = np.zeros((256, 3), np.float32)
-  table[:len(predict_lib.CITYSCAPES_COLOURS)] = predict_lib.CITYSCAPES_COLOURS / 255.0
-  return jnp.asarray(table)[train_ids]
-
-
-def make_summaries(network, config: ml_collections.ConfigDict, num_classes: int):
-  """summaries(state, batch) -> TensorBoard images: predictions vs ground truth on the labeled
-  batch, the mixing inputs, mask, augmented result and pseudo-labels, and the cross-domain mixes."""
+def make_summaries(network, config: ml_collections.ConfigDict, label_spec):
+  """summaries(state, batch) -> TensorBoard images of the step from `state` on `batch`:
+  predictions vs ground truth on the labeled batch, and the mixes the step trains on (make_loss's,
+  so with the same draws): mixing inputs, mask, augmented result and pseudo-labels, and the
+  cross-domain mixes."""
   seg = config.segment
-  teacher = teacher_distribution(network, config, num_classes)
-  mix_inputs = make_mixing(network, config)
-  cross_inputs = make_cross_domain_mixing(config)
+  loss_fn = make_loss(network, config, label_spec.num_classes)
+  colours = jnp.asarray(label_spec.colour_table(), jnp.float32) / 255.0
+
+  def colourise(train_ids):  # [B, H, W] -> [B, H, W, 3] in [0, 1]
+    return colours[train_ids]
 
   def summaries(state, batch):
     labeled = batch['labeled']
-    out, _ = forward(network, seg.network, state.params, state.batch_stats, labeled['image'],
-                     train=False, key=None, frames=False)
+    out, _ = networks.forward(network, seg.network, state.params, state.batch_stats,
+                              labeled['image'], train=False, key=None, frames=False)
     images = {'labeled/image': labeled['image'],
               'labeled/prediction': colourise(jnp.argmax(out['logits'], -1)),
               'labeled/ground_truth': colourise(labeled['label'])}
-    keys = jax.random.split(state.key, 6)
-    if uses_teacher(seg):
-      probs = teacher(state.ema_params, state.batch_stats, batch['mix'], keys[0])
-    if seg.mix != 'none':
-      mix_batch = batch['mix']
-      mixed, _ = mix_inputs(state.params, probs, state.batch_stats, mix_batch, keys[1:5])
-      images.update({'mix/image': mix_batch['image'],
-                     'mix/partner': mixing.pair_with_next(mix_batch['image']),
+    _, (_, _, mixes) = loss_fn(state.params, state, batch)
+    if 'mix' in mixes:
+      mixed = mixes['mix']
+      images.update({'mix/image': batch['mix']['image'],
+                     'mix/partner': mixing.pair_with_next(batch['mix']['image']),
                      'mix/mask': jnp.repeat(mixed['mask'], 3, axis=-1),
                      'mix/mixed_augmented': mixed['images'],
                      'mix/pseudo_labels': colourise(mixed['pseudo'])})
-    if seg.source.enabled:
-      source = batch['source']
-      if seg.source.matching_geometry:
-        source, _ = match_geometry(source, batch['mix']['depth'], tuple(seg.source.geometry_rows))
-      images['source/image'] = source['image']
-      if seg.source.mix != 'none':
-        cross = cross_inputs(source, probs, batch['mix'], keys[5])
-        images.update({'cross/mask': jnp.repeat(cross['mask'], 3, axis=-1),
-                       'cross/mixed_augmented': cross['images'],
-                       'cross/labels': colourise(cross['labels'])})
+    if 'source' in mixes:
+      images['source/image'] = mixes['source']['image']
+    if 'cross' in mixes:
+      cross = mixes['cross']
+      images.update({'cross/mask': jnp.repeat(cross['mask'], 3, axis=-1),
+                     'cross/mixed_augmented': cross['images'],
+                     'cross/labels': colourise(cross['labels'])})
     return images
 
   return summaries
-
-
-def make_predict_logits(network, kind: str):
-  """(variables, batch) -> [B, H, W, C] logits of batch['image'] (the student, inference mode)."""
-  def predict(variables, batch):
-    return forward(network, kind, variables['params'], variables['batch_stats'], batch['image'],
-                   train=False, key=None, frames=False)[0]['logits']
-  return predict
-
-
-@functools.partial(jax.jit, static_argnames='num_classes')
-def _confusion_of_logits(logits, labels, valid, *, num_classes: int) -> jax.Array:
-  """Compiled once per class count (a lambda jitted per call would recompile every evaluation)."""
-  return segmentation.confusion_matrix(jnp.argmax(logits, -1), labels, num_classes, valid)
-
-
-def confusion(predict, variables, index, reader, *, resolution, mesh, batch_size: int,
-              strict_labels: bool = True) -> np.ndarray:
-  """[C, C] confusion matrix (rows: ground truth) of whole-image predictions over `index`."""
-  num_classes = reader.label_spec.num_classes
-  count = functools.partial(_confusion_of_logits, num_classes=num_classes)
-  total = np.zeros((num_classes, num_classes), np.int64)
-  batches = pipeline.validation_batches(
-      index, reader.label_spec, resolution=resolution, strict_labels=strict_labels,
-      sharding=pipeline.Sharding(batch_size, jax.process_index(), jax.process_count()))
-  for batch in batches:
-    placed = sharding.global_batch({k: batch[k] for k in ('image', 'label', 'valid')}, mesh)
-    total += np.asarray(jax.device_get(count(predict(variables, placed), placed['label'],
-                                             placed['valid'])))
-  return total
-
-
-def miou_report(matrix: np.ndarray, class_names) -> dict:
-  iou, miou = segmentation.iou_from_confusion(jnp.asarray(matrix))
-  return dict(miou=float(miou), iou={n: float(v) for n, v in zip(class_names, np.asarray(iou))})
 
 
 def training_indices(config, reader, workdir: str = ''):
@@ -478,7 +455,7 @@ def training_indices(config, reader, workdir: str = ''):
   if seg.network == 'mtl':
     train = subsets.with_neighbours(train, reader.sequences('train'))
   rows = subsets.labeled_rows(train, seg.labels, seed=config.seed,
-                              selection=select_labels.selection_file(seg.selection, workdir))
+                              selection=selection_file(seg.selection, workdir))
   labeled = train.subset(rows)
   everything = subsets.semi_supervised(train, rows)
   # ClassMix draws from the unlabeled images only; DepthMix and pseudo-labels from all of them.
@@ -511,7 +488,7 @@ def source_batches(config, workdir: str, depth_dir: str, **options):
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   seg, entry = config.segment, config.data.target
   check_config(config)
-  directory = os.path.join(workdir, 'segment')
+  directory = artifacts.segment_dir(workdir)
   os.makedirs(directory, exist_ok=True)
   with open(os.path.join(directory, 'config.json'), 'w') as f:  # for predict and evaluation
     f.write(config.to_json_best_effort(indent=2))
@@ -534,7 +511,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   streams = {'labeled': pipeline.segmentation_batches(
       labeled, reader.label_spec, sharding=pipeline.Sharding(seg.batch_size, *process),
       stream='labeled', with_frames=seg.network == 'mtl', **shared)}
-  depth = {role: depth_labels.depth_dir(workdir, role) if needed else ''
+  depth = {role: artifacts.depth_dir(workdir, role) if needed else ''
            for role, needed in needs_depth_labels(seg).items()}
   if uses_teacher(seg) or (seg.source.enabled and seg.source.matching_geometry):
     streams['mix'] = pipeline.segmentation_batches(
@@ -546,7 +523,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         **{k: v for k, v in shared.items() if k != 'resolution'})
   batches = (dict(zip(streams, values)) for values in zip(*streams.values()))
 
-  predict = sharding.jit_eval_step(make_predict_logits(network, seg.network), mesh)
+  predict = sharding.jit_eval_step(evaluation.predict_logits(network, seg.network), mesh)
   val = reader.segmentation('val')
   best = {'miou': -1.0}
   best_path = os.path.join(directory, 'best.json')
@@ -556,10 +533,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
   def evaluate(state, step):
     variables = {'params': state.params, 'batch_stats': state.batch_stats}
-    report = miou_report(confusion(predict, variables, val, reader, resolution=resolution,
-                                   mesh=mesh, batch_size=seg.eval_batch_size,
-                                   strict_labels=config.data.strict_labels),
-                         reader.label_spec.class_names)
+    matrix = evaluation.confusion(predict, variables, val, reader, resolution=resolution,
+                                  mesh=mesh, batch_size=seg.eval_batch_size,
+                                  strict_labels=config.data.strict_labels)
+    report = evaluation.miou_report(matrix, reader.label_spec.class_names)
     logging.info('segment: val mIoU %.4f at step %d', report['miou'], step)
     if report['miou'] > best['miou']:
       checkpointing.write_tree(os.path.join(directory, 'best'), jax.device_get(variables),
@@ -571,7 +548,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
     return {'miou': report['miou'], **{f'iou/{k}': v for k, v in report['iou'].items()}}
 
   writer = loop.create_writer(os.path.join(directory, 'logs'))
-  summaries = jax.jit(make_summaries(network, config, reader.label_spec.num_classes))
+  summaries = jax.jit(make_summaries(network, config, reader.label_spec))
   hooks = loop.LoopHooks(evaluate=evaluate, evaluate_every=seg.eval_every,
                          images=lambda state, batch, step: summaries(state, batch),
                          images_every=seg.images_every)
@@ -584,3 +561,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   finally:
     checkpointer.close()
     writer.close()
+
+
+STAGE = base.Stage('segment', run, check_config, inputs)

@@ -43,7 +43,8 @@ class LoopHooks:
   """Optional work at intervals (0 = never). Each callable receives (state, step).
 
   evaluate: returns scalar metrics, written under 'eval/' (also after the last step); the latest
-  result stays in `last_evaluation`. images: returns {name: [N, H, W, C]}.
+  result stays in `last_evaluation`. images(state, batch, step): returns {name: [N, H, W, C]},
+  called with the state and batch of step `step` before that step runs.
   """
   evaluate: Callable[[Any, int], dict] | None = None
   evaluate_every: int = 0
@@ -120,9 +121,13 @@ def train(state, train_step: Callable, batches: Iterable[dict], *, mesh, num_ste
     for step in range(start, num_steps):
       local = next(iterator)
       batch = sharding.global_batch(local, mesh)
+      done = step + 1
+      images = None
+      if hooks.images is not None and hooks.images_every and done % hooks.images_every == 0:
+        # Before the step, which donates the state: the summaries show this step's inputs.
+        images = hooks.images(state, batch, done)
       state, metrics = train_step(state, batch)
       pending.append(metrics)
-      done = step + 1
       report(done)
       progress.update(done)
       if done % log_every == 0 or done == num_steps:
@@ -132,9 +137,9 @@ def train(state, train_step: Callable, batches: Iterable[dict], *, mesh, num_ste
         if extra_scalars is not None:
           values.update(extra_scalars(done))
         writer.write_scalars(done, values)
-      if hooks.images is not None and hooks.images_every and done % hooks.images_every == 0:
+      if images is not None:
         # Batch-sharded summaries span processes: gather them (every process takes part).
-        writer.write_images(done, jax.tree.map(sharding.to_host, hooks.images(state, batch, done)))
+        writer.write_images(done, jax.tree.map(sharding.to_host, images))
       if hooks.evaluate is not None and (
           (hooks.evaluate_every and done % hooks.evaluate_every == 0) or done == num_steps):
         hooks.last_evaluation = hooks.evaluate(state, done)

@@ -40,21 +40,10 @@ class TrainState(flax.struct.PyTreeNode):
     return step_key(jax.random.wrap_key_data(self.rng), self.step)
 
   def apply_gradients(self, grads, batch_stats=None) -> 'TrainState':
-    """One optimiser step; the mean teacher (if any) follows after it, as the reference does."""
+    """One optimiser step (the mean teacher, if any, follows in follow_mean_teacher)."""
     updates, opt_state = self.tx.update(grads, self.opt_state, self.params)
-    params = optax.apply_updates(self.params, updates)
-    step = self.step + 1
-    ema_params = self.ema_params
-    if ema_params is not None:
-      if isinstance(opt_state, optax.MultiStepsState):
-        # Gradient accumulation: the teacher follows real updates only (the parameters do not
-        # move between them), counted in updates, as without accumulation.
-        updated = opt_state.mini_step == 0
-        followed = ema_update(ema_params, params, opt_state.gradient_step)
-        ema_params = jax.tree.map(lambda f, e: jnp.where(updated, f, e), followed, ema_params)
-      else:
-        ema_params = ema_update(ema_params, params, step)
-    return self.replace(step=step, params=params, opt_state=opt_state, ema_params=ema_params,
+    return self.replace(step=self.step + 1, params=optax.apply_updates(self.params, updates),
+                        opt_state=opt_state,
                         batch_stats=self.batch_stats if batch_stats is None else batch_stats)
 
   def to_dict(self) -> dict:
@@ -66,12 +55,25 @@ class TrainState(flax.struct.PyTreeNode):
     return flax.serialization.from_state_dict(self, values)
 
 
-def ema_update(ema_params, params, step: jax.Array):
-  """Mean teacher: ema = a * ema + (1 - a) * params with a = min(1 - 1/(step + 1), 0.99).
+def follow_mean_teacher(state: TrainState, decay: float) -> TrainState:
+  """The mean teacher after an optimiser step (apply_gradients), as the reference orders them:
+  ema = a * ema + (1 - a) * params with a = min(1 - 1/(t + 1), decay), t counting optimiser
+  updates from 1 (the first update uses a = 0.5)."""
+  opt_state = state.opt_state
+  if isinstance(opt_state, optax.MultiStepsState):
+    # Gradient accumulation: the teacher follows real updates only (the parameters do not move
+    # between them), counted in updates, as without accumulation.
+    followed = ema_update(state.ema_params, state.params, opt_state.gradient_step, decay)
+    ema_params = jax.tree.map(lambda f, e: jnp.where(opt_state.mini_step == 0, f, e), followed,
+                              state.ema_params)
+  else:
+    ema_params = ema_update(state.ema_params, state.params, state.step, decay)
+  return state.replace(ema_params=ema_params)
 
-  `step` counts optimiser steps from 1 (the first update uses a = 0.5).
-  """
-  alpha = jnp.minimum(1.0 - 1.0 / (step.astype(jnp.float32) + 1.0), 0.99)
+
+def ema_update(ema_params, params, step: jax.Array, decay: float):
+  """ema = a * ema + (1 - a) * params with a = min(1 - 1/(step + 1), decay)."""
+  alpha = jnp.minimum(1.0 - 1.0 / (step.astype(jnp.float32) + 1.0), decay)
   return jax.tree.map(lambda e, p: alpha * e + (1.0 - alpha) * p, ema_params, params)
 
 
