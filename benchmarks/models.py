@@ -79,7 +79,7 @@ def run_jax(batch: int, height: int, width: int, repeats: int, dtype: str) -> di
 
 def run_torch(batch: int, height: int, width: int, repeats: int, dtype: str) -> dict:
   import torch
-  from sdeseg_jax.weights import torch_reference
+  from benchmarks import torch_reference
 
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   model = torch_reference.MTLModel().to(device).train()

@@ -1,5 +1,5 @@
 """The PyTorch side of the train-step benchmark: each step benchmarks/train_step.py times in JAX,
-built from the independent torch networks (sdeseg_jax/weights/torch_reference.py), timed alike.
+built from the independent torch networks (benchmarks/torch_reference.py), timed alike.
 
     python -m benchmarks.torch_steps --workload=sde [--batch=2] [--size=512x512] [--repeats=3]
         [--threads=0] [--out=FILE]
@@ -26,10 +26,7 @@ import copy
 import dataclasses
 import functools
 import importlib
-import importlib.util
 import math
-import os
-import sys
 import time
 from typing import Callable
 
@@ -38,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks import common
+from benchmarks import torch_reference as ref
 
 IGNORE_LABEL = 255   # sdeseg_jax.ops.segmentation.IGNORE_LABEL (not imported: it pulls in JAX)
 NUM_CLASSES = 19     # what train_step.py builds the segment steps with
@@ -48,22 +46,6 @@ BERHU_THRESHOLD = 0.2
 BLUR_SIGMA_RANGE = (0.15, 1.15)
 
 
-def _load_torch_reference():
-  """sdeseg_jax/weights/torch_reference.py loaded from its file: importing it as a package member
-  runs sdeseg_jax/weights/__init__.py, which imports JAX (~120 MiB of resident memory that would
-  count in this process's peak)."""
-  name = 'sdeseg_torch_reference'
-  if name not in sys.modules:
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'sdeseg_jax',
-                        'weights', 'torch_reference.py')
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-  return sys.modules[name]
-
-
-ref = _load_torch_reference()
 
 
 def _config(name: str):

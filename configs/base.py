@@ -16,7 +16,7 @@ def dataset_config(name: str = '', resolution=(1024, 512)) -> ml_collections.Con
       resolution=resolution,  # (W, H) working resolution of the prepared tree
       val_count=500,          # GTA5 / Synthia: the last N sorted images form the val split
       backend='folder',       # where the pipelines read the prepared files: folder (the tree)
-                              # | tfds (ArrayRecord shards of it, data_pipelines.tfds_backend)
+                              # | tfds (ArrayRecord shards of it, data_pipelines.build_shards)
       tfds_dir='',            # tfds: the shards' data_dir, local or gs:// ('' -> <workdir>/tfds/<role>)
       synthetic=dict(         # render the built-in synthetic world into the raw tree
           domain='',          # '' (off) | city | game

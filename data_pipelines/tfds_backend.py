@@ -8,9 +8,9 @@ augmented exactly as the files are.
 
 Built once from the prepared tree that data_pipelines.prepare makes from the manual download:
 
-    python -m data_pipelines.tfds_backend --dataset=cityscapes --root=/data/cityscapes_1024x512 \
+    python -m data_pipelines.build_shards --dataset=cityscapes --root=/data/cityscapes_1024x512 \
         --resolution=1024x512 --tfds_dir=gs://BUCKET/tfds
-    python -m data_pipelines.tfds_backend --config=configs/demo.py --workdir=W   # each dataset role
+    python -m data_pipelines.build_shards --config=configs/demo.py --workdir=W   # each dataset role
 
 One builder per dataset layout (`sdeseg_cityscapes`, `sdeseg_gta5`, `sdeseg_synthia`,
 `sdeseg_camvid`), with configs `segmentation_<W>x<H>` (one record per row of
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -86,7 +85,7 @@ def _directory(path: str) -> str:
 def build_command(dataset: str, root: str, resolution: Sequence[int], tfds_dir: str, *,
                   val_count: int, sequence_root: str) -> str:
   """The command that builds the shards, for error messages."""
-  command = (f'python -m data_pipelines.tfds_backend --dataset={dataset} --root={root} '
+  command = (f'python -m data_pipelines.build_shards --dataset={dataset} --root={root} '
              f'--resolution={resolution[0]}x{resolution[1]} --tfds_dir={tfds_dir}')
   if _reader_class(dataset).splits_by_count:
     command += f' --val_count={val_count}'
@@ -126,7 +125,7 @@ def _features() -> tfds.features.FeaturesDict:
 class _ShardsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """The shards of one dataset layout; BUILDERS holds one subclass per reader.
 
-  Not registered with TFDS by name: `python -m data_pipelines.tfds_backend` imports this module
+  Not registered with TFDS by name: `python -m data_pipelines.build_shards` imports this module
   twice (as __main__ and as a package module), which registration rejects. TFDS still opens the
   shards by name from their files (`tfds.data_source(name, data_dir=...)`).
   """
@@ -134,7 +133,7 @@ class _ShardsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   RELEASE_NOTES = {'1.0.0': 'Rows of the prepared tree\'s example indices, files verbatim.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'The manual directory is the prepared tree: download the dataset, run python -m '
-      'data_pipelines.prepare on it, then python -m data_pipelines.tfds_backend.')
+      'data_pipelines.prepare on it, then python -m data_pipelines.build_shards.')
   reader_cls: type[common.Reader]
 
   def __init__(self, *, config: ShardsConfig, val_count: int = 500, sequence_root: str = '',
@@ -543,55 +542,3 @@ def open_reader(dataset: str, root: str, resolution: Sequence[int], tfds_dir: st
   """The reader of a dataset's shards in `tfds_dir` built from the prepared tree at `root`."""
   return ShardReader(dataset, root, resolution, tfds_dir, val_count=val_count,
                      sequence_root=sequence_root)
-
-
-# ---- Command line ----
-
-def _cli() -> None:
-  from absl import app
-  from absl import flags
-  from ml_collections import config_flags
-
-  config_flag = config_flags.DEFINE_config_file(
-      'config', None, 'Experiment config: build the shards of each dataset role (rendering and '
-      'preparing first where the config says so). Without it, the flags below name one tree.',
-      lock_config=True)
-  flags.DEFINE_string('workdir', None, 'With --config: the run\'s workdir (default paths).')
-  flags.DEFINE_list('roles', ['target', 'source'], 'With --config: the roles to build.')
-  flags.DEFINE_enum('dataset', None, sorted(datasets.READERS), 'Dataset layout of --root.')
-  flags.DEFINE_string('root', None, 'The prepared tree (python -m data_pipelines.prepare).')
-  flags.DEFINE_string('resolution', '1024x512', 'WIDTHxHEIGHT the tree was prepared at.')
-  flags.DEFINE_string('tfds_dir', None, 'TFDS data_dir to write the shards into (local or gs://).')
-  flags.DEFINE_integer('val_count', 500, 'GTA5 / SYNTHIA: the last N sorted images are val.')
-  flags.DEFINE_string('sequence_root', '', 'The video set if it is not inside --root.')
-  flags.DEFINE_boolean('overwrite', False, 'Rebuild shards that exist (e.g. stale ones).')
-  flags.DEFINE_integer('workers', 0, 'Threads reading files (0: one per core).')
-
-  def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    logging.getLogger().setLevel(logging.INFO)
-    f = flags.FLAGS
-    if config_flag.value is not None:
-      if not f.workdir:
-        raise app.UsageError('--config needs --workdir')
-      from data_pipelines import sources  # imported here: it imports this module's package copy
-      config = config_flag.value
-      built = {role: sources.build_shards(config.data[role], f.workdir, role, overwrite=f.overwrite,
-                                          image_format=config.data.image_format,
-                                          workers=f.workers or config.data.workers)
-               for role in f.roles if config.data[role].name}
-    else:
-      missing = [name for name in ('dataset', 'root', 'tfds_dir') if not getattr(f, name)]
-      if missing:
-        raise app.UsageError(f'without --config, set --{", --".join(missing)}')
-      built = {f.dataset: build(f.dataset, f.root, prepare.parse_resolution(f.resolution),
-                                f.tfds_dir, val_count=f.val_count, sequence_root=f.sequence_root,
-                                overwrite=f.overwrite, workers=f.workers)}
-    print(json.dumps(built, indent=2))
-
-  app.run(main)
-
-
-if __name__ == '__main__':
-  _cli()

@@ -210,7 +210,7 @@ def test_missing_shards_are_named_with_the_build_command(world, tmp_path):
     _open(entry, root, empty)
   message = str(error.value)
   for part in ('cityscapes', 'segmentation', '128x64', empty,
-               f'python -m data_pipelines.tfds_backend --dataset=cityscapes --root={root}'):
+               f'python -m data_pipelines.build_shards --dataset=cityscapes --root={root}'):
     assert part in message
 
 
@@ -262,7 +262,7 @@ def test_command_line_builds_shards(world, tmp_path):
   tfds_dir = str(tmp_path / 'cli')
   width, height = entry.resolution
   result = subprocess.run(
-      [sys.executable, '-m', 'data_pipelines.tfds_backend', '--dataset=cityscapes', f'--root={root}',
+      [sys.executable, '-m', 'data_pipelines.build_shards', '--dataset=cityscapes', f'--root={root}',
        f'--resolution={width}x{height}', f'--tfds_dir={tfds_dir}', '--workers=2'],
       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

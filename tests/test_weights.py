@@ -2,7 +2,6 @@
 outputs (float32, max abs error < 1e-4), and the load reports / CLI behave."""
 
 import functools
-import os
 import re
 
 import jax
@@ -18,7 +17,7 @@ from sdeseg_jax.models import resnet as resnet_lib  # noqa: E402
 from sdeseg_jax.weights import convert as convert_lib  # noqa: E402
 from sdeseg_jax.weights import importers  # noqa: E402
 from sdeseg_jax.weights import report as report_lib  # noqa: E402
-from sdeseg_jax.weights import torch_reference as tr  # noqa: E402
+from benchmarks import torch_reference as tr  # noqa: E402
 
 TOL = 1e-4
 SIZE = 64  # input images [2, 3, 64, 64]

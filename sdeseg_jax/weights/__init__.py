@@ -4,7 +4,7 @@
   reference modules) -> {'params': ..., 'batch_stats': ...}; torch is imported only to read .pth
   files.
 - `report`: load reports (missing / unexpected / mis-shaped keys) and WeightImportError.
-- `torch_reference` (needs torch; not imported here): PyTorch formulations of the reference networks.
+- `layouts`: where SDE and ImageNet weights go in our networks; the one reader of SDE checkpoints.
 - `convert`: the CLI writing converted trees as an Orbax checkpoint.
 """
 
