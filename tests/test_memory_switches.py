@@ -46,26 +46,30 @@ def test_accumulated_micro_batches_equal_one_big_batch(k):
         params=params, batch_stats={}, tx=optim.build(_optim_config(accumulate), params),
         rng=jax.random.key_data(jax.random.key(0)), ema=True)
 
+  def update(state, grads):  # the segment step's order: optimiser, then the mean teacher
+    return train_state.follow_mean_teacher(state.apply_gradients(grads), 0.99)
+
   big = new_state(1)
   for s in range(steps):
-    big = big.apply_gradients(grad(big.params, jax.tree.map(lambda a: a[s], data)))
+    big = update(big, grad(big.params, jax.tree.map(lambda a: a[s], data)))
 
   small = new_state(k)
   for s in range(steps):
     for m in range(k):
-      before = small.params
+      before = small.params, small.ema_params
       rows = slice(m * micro, (m + 1) * micro)
-      small = small.apply_gradients(grad(small.params, jax.tree.map(lambda a: a[s, rows], data)))
+      small = update(small, grad(small.params, jax.tree.map(lambda a: a[s, rows], data)))
       if m < k - 1:  # between updates nothing moves, the teacher neither
-        jax.tree.map(np.testing.assert_array_equal, small.params, before)
+        jax.tree.map(np.testing.assert_array_equal, (small.params, small.ema_params), before)
   assert int(small.step) == k * steps and int(big.step) == steps
   for name, a, b in (('params', big.params, small.params),
                      ('mean teacher', big.ema_params, small.ema_params)):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
       np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=name)
-  moved = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(big.params),
-                                                            jax.tree.leaves(params)))
-  assert moved > 1e-3
+  for moving in (big.params, big.ema_params):
+    moved = max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(moving),
+                                                              jax.tree.leaves(params)))
+    assert moved > 1e-3
   # Logged learning rates follow updates, not micro-batches: the boundary is update 1 = step k.
   config = _optim_config(k)
   assert optim.learning_rates(config, k - 1)['lr/encoder'] == pytest.approx(1e-2)

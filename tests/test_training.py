@@ -68,6 +68,23 @@ def test_step_and_poly_schedules():
   assert optim.learning_rates(config, 50)['lr/all'] == pytest.approx(0.5**0.9)
 
 
+def test_mean_teacher_follows_each_update_with_the_configured_decay():
+  params = {'w': jnp.zeros(())}
+  tx = optim.build(_optim_config(all=dict(pattern='.', lr=1.0, frozen=False)), params)
+  state = train_state.TrainState.create(params=params, batch_stats={}, tx=tx, ema=True,
+                                        rng=jax.random.key_data(jax.random.key(0)))
+  state = state.apply_gradients({'w': -jnp.ones(())})
+  assert float(state.ema_params['w']) == 0.0  # the optimiser step leaves the teacher alone
+  moved = float(state.params['w'])
+  assert moved != 0.0
+  # Step 1: a = min(1 - 1/2, decay): half of the student, for any decay >= 0.5; a lower decay
+  # caps a.
+  assert float(train_state.follow_mean_teacher(state, 0.99).ema_params['w']) == pytest.approx(
+      moved / 2)
+  assert float(train_state.follow_mean_teacher(state, 0.2).ema_params['w']) == pytest.approx(
+      0.8 * moved)
+
+
 def test_mean_teacher_schedule():
   ema, params = {'w': jnp.zeros(())}, {'w': jnp.ones(())}
   assert float(train_state.ema_update(ema, params, jnp.array(1), 0.99)['w']) == pytest.approx(0.5)
@@ -90,7 +107,7 @@ def _toy_step(state, batch):
     prediction = batch['x'] @ params['w'] + params['b'] + 0.01 * noise
     return jnp.mean((prediction - batch['y'])**2)
   loss, grads = jax.value_and_grad(loss_fn)(state.params)
-  return state.apply_gradients(grads), {'loss': loss}
+  return train_state.follow_mean_teacher(state.apply_gradients(grads), 0.99), {'loss': loss}
 
 
 def _toy_batches(start, nan_at=None, sigterm_at=None):

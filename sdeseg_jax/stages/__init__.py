@@ -1,5 +1,6 @@
-"""The stage runner: each stage module of this package exports a base.Stage (STAGE), which STAGES
-lists; stages hand over only through the workdir's files (sdeseg_jax.artifacts).
+"""The stage runner: each stage module of this package exports its base.Stage as STAGE (and
+sde_pretrain the source domain's as SOURCE_STAGE), which STAGES lists; stages hand over only through
+the workdir's files (sdeseg_jax.artifacts), never by importing each other.
 
 A finished stage leaves `<workdir>/<stage>/done` (JSON: when, and the config it ran with); a later run
 skips it, says why, and warns when the config has changed since.

@@ -231,7 +231,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
 def _init_inputs(sde: ml_collections.ConfigDict, key: str) -> list[base.Input]:
   """The pretrained weights config.<key>.init names (the user provides them)."""
   return [base.Input(path, '', f'config.{key}.init.{name}',
-                       "convert one with python -m sdeseg_jax.weights.convert, or set it to ''")
+                     "convert one with python -m sdeseg_jax.weights.convert, or set it to ''")
           for name, path in sde.init.items() if path]
 
 

@@ -117,7 +117,7 @@ def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:
           if role == 'source' else '')
     maker = 'depth_labels' if role in config.depth_labels.roles else ''
     items.append(base.Input(artifacts.depth_dir(workdir, role), maker,
-                              f'{reader} ({role} depth labels)', todo))
+                            f'{reader} ({role} depth labels)', todo))
   if seg.init == 'sde':
     items.append(base.Input(
         sde_checkpoint(config, workdir), '' if seg.sde_checkpoint else 'sde_pretrain',
@@ -125,7 +125,7 @@ def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:
         'config.segment.sde_checkpoint to an SDE checkpoint'))
   elif seg.init == 'imagenet':
     items.append(base.Input(seg.imagenet_encoder, '', 'config.segment.imagenet_encoder',
-                              'convert one with python -m sdeseg_jax.weights.convert'))
+                            'convert one with python -m sdeseg_jax.weights.convert'))
   if seg.selection:
     stage_output = seg.selection == artifacts.SELECTION_FROM_STAGE
     items.append(base.Input(
