@@ -4,8 +4,9 @@
 
 Data: a synthetic world (city domain, Cityscapes layout, 12 snippets of 5 frames) rendered and
 prepared once into --cache
-(reused by later runs), then read by the same pipelines training uses. Each pipeline runs a warm-up of
-a few batches (tf.data start-up, autotuning) and is then timed over --steps batches, --repeats times.
+(reused by later runs), then read by the same pipelines training uses. Each pipeline runs a warm-up
+of a few batches (tf.data start-up, autotuning) and is then timed over --steps batches, --repeats
+times.
 """
 
 from __future__ import annotations

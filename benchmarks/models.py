@@ -1,7 +1,8 @@
 """Forward and forward+backward of the full-size multi-task network (ResNet101 OS16 + PAD-Net) in
 JAX and, side by side in the same run, the same architecture in PyTorch.
 
-    python -m benchmarks.models [--batch=2] [--size=512x512] [--repeats=5] [--dtype=float32] [--out=FILE]
+    python -m benchmarks.models [--batch=2] [--size=512x512] [--repeats=5] [--dtype=float32]
+        [--out=FILE]
 
 Each framework runs in a fresh subprocess, so its peak resident memory is its own. Both run in
 training mode (batch-statistics BN, dropout) on the objective mean(logits) + mean(side logits) +

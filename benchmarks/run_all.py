@@ -57,7 +57,8 @@ def _run(command: list[str]) -> None:
 
 
 def result_file(results: str, name: str, framework: str, device: str) -> str:
-  return os.path.join(results, f'{name.replace(":", "_").replace("+", "_")}_{framework}_{device}.json')
+  return os.path.join(results,
+                      f'{name.replace(":", "_").replace("+", "_")}_{framework}_{device}.json')
 
 
 def run_workload(name: str, framework: str, args, out: str) -> None:
@@ -93,9 +94,9 @@ def _fmt(value, spec: str = '.0f') -> str:
 
 def step_table(results: str, device: str) -> list[str]:
   """Markdown rows of the train-step / inference workloads, JAX vs PyTorch."""
-  lines = ['| workload | batch | size | JAX median ms (min–max) | PyTorch median ms | JAX / PyTorch '
-           '| JAX images/s | compile s | GFLOP / step | % of matmul peak | JAX peak memory MiB '
-           '| P100 (reference) ms |',
+  lines = ['| workload | batch | size | JAX median ms (min–max) | PyTorch median ms '
+           '| JAX / PyTorch | JAX images/s | compile s | GFLOP / step | % of matmul peak '
+           '| JAX peak memory MiB | P100 (reference) ms |',
            '|---|---|---|---|---|---|---|---|---|---|---|---|']
   for name in STEPS:
     jax_row = _load(result_file(results, name, 'jax', device))
@@ -135,7 +136,8 @@ def other_tables(results: str, device: str) -> list[str]:
   if selection:
     lines += ['', 'Farthest point selection (features of '
               f'{selection.get("dims", "?")} dimensions):', '',
-              '| candidates | selected + new | seconds (best) | first call s |', '|---|---|---|---|']
+              '| candidates | selected + new | seconds (best) | first call s |',
+              '|---|---|---|---|']
     for row in selection['rows']:
       lines.append(f'| {row["candidates"]} | {row["initial"]} + {row["new"]} '
                    f'| {row["seconds"]:.1f} | {row["first_call_s"]:.1f} |')

@@ -5,7 +5,8 @@ outputs with the Flax modules, and benchmarks time them beside the Flax networks
 real full-size architectures, written from the SPEC and the reference's behaviour, and their
 state-dict keys are the ones the released checkpoints use:
 - ResNets: torchvision's names (conv1, bn1, layer1.0.conv1, layer1.0.downsample.0, fc);
-  `ResnetEncoder` wraps one as `.encoder` (monodepth2's encoder.pth: `encoder.layer1.0.conv1.weight`).
+  `ResnetEncoder` wraps one as `.encoder` (monodepth2's encoder.pth:
+  `encoder.layer1.0.conv1.weight`).
 - `DepthDecoder`: monodepth2's module list `decoder.<idx>` (blocks of level i = n..0 in the order
   upconv(i,0), skip_proj(i) (parameter-free when i > 0), upconv(i,1); then one disparity conv per
   scale): `decoder.2.block.0.conv.weight`, `decoder.14.conv.weight`; the ASPP block as the
@@ -238,7 +239,8 @@ class DepthDecoder(nn.Module):
   (() for a segmentation decoder). forward can run a subset of levels starting from a given x
   (PAD-Net)."""
 
-  def __init__(self, num_ch_enc: Sequence[int], num_ch_dec: Sequence[int] = (64, 128, 128, 256, 256),
+  def __init__(self, num_ch_enc: Sequence[int],
+               num_ch_dec: Sequence[int] = (64, 128, 128, 256, 256),
                aspp_rates: Sequence[int] = (6, 12, 18), batch_norm: bool = False,
                scales: Sequence[int] = (0, 1, 2, 3)):
     super().__init__()
@@ -307,7 +309,8 @@ class TransferSegmentationHead(nn.Module):
 
 class JointSegDepthDecoder(TransferSegmentationHead):
   """Segmentation decoder for transfer learning: a decoder without disparity heads (`unet_dec`,
-  initialised from the SDE depth decoder) + the transfer head (SPEC: 22,066,771 parameters for dec6).
+  initialised from the SDE depth decoder) + the transfer head (SPEC: 22,066,771 parameters for
+  dec6).
   """
 
   def __init__(self, num_ch_enc: Sequence[int], num_classes: int, design: str = 'dec6'):

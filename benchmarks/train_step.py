@@ -2,8 +2,9 @@
 
     python -m benchmarks.train_step --stage=sde [--config=configs/sde_cityscapes.py:C] [--batch=4]
         [--size=512x512] [--repeats=3] [--dtype=float32] [--out=FILE]
-    python -m benchmarks.train_step --stage=segment:mtl+depthmix --config=configs/ssl_cityscapes.py \
-        --batch=2          # also segment:transfer, segment:transfer+pseudo, segment:transfer+depthmix
+    python -m benchmarks.train_step --stage=segment:mtl+depthmix \
+        --config=configs/ssl_cityscapes.py --batch=2
+        # also segment:transfer, segment:transfer+pseudo, segment:transfer+depthmix
     python -m benchmarks.train_step --stage=ssda --config=configs/ssda_gta.py --batch=2
     python -m benchmarks.train_step --stage=student --config=configs/select_cityscapes.py
     python -m benchmarks.train_step --stage=inference:mtl --config=configs/ssl_cityscapes.py \
@@ -148,7 +149,8 @@ STAGES = {'sde': sde_setup, 'ssda': lambda c, b, w, h: segment_setup(c, b, w, h,
           'student': student_setup,
           **{f'segment:{row}': (lambda row: lambda c, b, w, h: segment_setup(c, b, w, h, row))(row)
              for row in SEGMENT_ROWS},
-          **{f'inference:{kind}': (lambda kind: lambda c, b, w, h: inference_setup(c, b, w, h, kind))(kind)
+          **{f'inference:{kind}':
+                 (lambda kind: lambda c, b, w, h: inference_setup(c, b, w, h, kind))(kind)
              for kind in ('transfer', 'mtl')}}
 
 

@@ -11,13 +11,15 @@ def dataset_config(name: str = '', resolution=(1024, 512)) -> ml_collections.Con
   return ml_collections.ConfigDict(dict(
       name=name,              # cityscapes | gta5 | synthia | camvid | '' (role unused)
       root='',                # prepared tree read by the pipelines ('' -> <workdir>/data/<role>)
-      raw_root='',            # raw tree to prepare into `root` ('' -> none, or <workdir>/raw/<role>)
+      raw_root='',            # raw tree to prepare into `root` ('' -> none, or
+                              # <workdir>/raw/<role>)
       sequence_root='',       # video set if elsewhere (GTA: the VIPER-layout set; '' -> default)
       resolution=resolution,  # (W, H) working resolution of the prepared tree
       val_count=500,          # GTA5 / Synthia: the last N sorted images form the val split
       backend='folder',       # where the pipelines read the prepared files: folder (the tree)
                               # | tfds (ArrayRecord shards of it, data_pipelines.build_shards)
-      tfds_dir='',            # tfds: the shards' data_dir, local or gs:// ('' -> <workdir>/tfds/<role>)
+      tfds_dir='',            # tfds: the shards' data_dir, local or gs://
+                              # ('' -> <workdir>/tfds/<role>)
       synthetic=dict(         # render the built-in synthetic world into the raw tree
           domain='',          # '' (off) | city | game
           size=(256, 128),    # (W, H) rendered
@@ -113,7 +115,8 @@ def segment_config() -> ml_collections.ConfigDict:
       quality_threshold=0.968,
       unlabeled_loss='all_mean', # reference: q * CE over ALL pixels | valid_mean
       teacher_train_mode=True,   # reference: the mean teacher runs with batch-statistics BN
-      ema_decay=0.99,            # mean teacher: ema = a ema + (1 - a) student, a = min(1 - 1/(t+1), decay)
+      ema_decay=0.99,            # mean teacher: ema = a ema + (1 - a) student,
+                                 # a = min(1 - 1/(t+1), decay)
       # Strong augmentation of mixed images (SPEC 6): colour jitter with probability jitter_prob
       # (brightness/contrast/saturation/hue of strength `strength`), Gaussian blur with blur_prob.
       strong_augment=dict(jitter_prob=0.8, blur_prob=0.5, strength=0.25),
@@ -211,7 +214,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.flip_prob = 0.5
   config.data.color_jitter = dict(prob=0.5, brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1)
   config.data.strict_labels = True        # label ids outside the dataset's ids: error (else ignore)
-  config.data.image_format = 'jpg'        # prepared images: jpg (quality 98, as the reference) | png
+  config.data.image_format = 'jpg'        # prepared images: jpg (quality 98, as the
+                                          # reference) | png
   config.data.workers = 0                 # threads for preparing / scanning (0: one per core)
   config.data.summary_max_labels = 500    # label maps scanned for the class-frequency summary
   return config

@@ -1,14 +1,15 @@
-"""Semi-supervised domain adaptation GTA5 -> Cityscapes: the rows of the paper's SSDA tables (12, 14,
-16; SPEC section 7).
+"""Semi-supervised domain adaptation GTA5 -> Cityscapes: the rows of the paper's SSDA tables
+(12, 14, 16; SPEC section 7).
 
-    python -m sdeseg_jax.main --config=configs/ssda_gta.py:labels=100,method=ours_no_selection --workdir=W
+    python -m sdeseg_jax.main --config=configs/ssda_gta.py:labels=100,method=ours_no_selection
+        --workdir=W
 
 The variant is comma-separated key=value pairs:
   labels=100|200|500|2975   labeled target (Cityscapes) training images (2975 or 0 = all)
   method=...                one of METHODS below (default: ours_no_selection)
   seed=N                    the seed of the labeled subset, data order and initialisation
-  selection=PATH            an ordered id list from select_labels ('+selection' rows; 'select_labels'
-                            = this workdir's own selection)
+  selection=PATH            an ordered id list from select_labels ('+selection' rows;
+                            'select_labels' = this workdir's own selection)
 Stages: data, the target SDE (sde_pretrain, SPEC phase C), the source SDE on the GTA video set
 (sde_source: ResNet101 OS32 + dec11, configs/sde_gta.py's schedule), depth labels of both domains,
 segment (source + target) and evaluate. The source tree: config.data.source.root / raw_root, and the

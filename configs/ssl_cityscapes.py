@@ -1,6 +1,7 @@
 """Semi-supervised segmentation on Cityscapes: the rows of the paper's SSL tables (3, 5, 7, 10).
 
-    python -m sdeseg_jax.main --config=configs/ssl_cityscapes.py:labels=372,method=depthmix --workdir=W
+    python -m sdeseg_jax.main --config=configs/ssl_cityscapes.py:labels=372,method=depthmix
+        --workdir=W
 
 The variant is comma-separated key=value pairs:
   labels=100|372|744|2975   labeled training images (2975 = all; 0 also means all)

@@ -1,6 +1,8 @@
-"""Data layer of sdeseg_jax: dataset readers, one-off preparation, step-indexed tf.data pipelines."""
+"""Data layer of sdeseg_jax: dataset readers, one-off preparation, step-indexed tf.data
+pipelines."""
 
 import os
 
-# TensorFlow only reads files here: keep its start-up chatter (oneDNN, CPU features) out of the logs.
+# TensorFlow only reads files here: keep its start-up chatter (oneDNN, CPU features) out of the
+# logs.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

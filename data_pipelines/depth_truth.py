@@ -1,6 +1,7 @@
 """Ground-truth depth for evaluating self-supervised depth, where a dataset has it.
 
-- The synthetic world: metric z-depth beside every image (sdeseg_groundtruth/, docs/synthetic_world.md).
+- The synthetic world: metric z-depth beside every image (sdeseg_groundtruth/,
+  docs/synthetic_world.md).
 - Cityscapes: disparity/{split}/{city}/{stem}_disparity.png (SGM stereo, p > 0: d = (p - 1) / 256)
   with depth = baseline * fx / d from the image's camera JSON.
 Ground truth lives in the raw tree (prepare does not copy it) at the raw resolution; evaluation

@@ -1,12 +1,12 @@
 """Step-indexed tf.data pipelines: SDE triplets, segmentation batches, validation.
 
-Each pipeline maps global steps to examples with `data_pipelines.sampling` (pure NumPy, a function of
-seed, stream and step), keeps this process's rows of the global batch, and lets tf.data read, decode,
-crop, flip and colour-augment them in parallel. Iterating yields dicts of NumPy arrays holding the
-process-local rows; `Batches.step` is the global step of the next batch.
+Each pipeline maps global steps to examples with `data_pipelines.sampling` (pure NumPy, a function
+of seed, stream and step), keeps this process's rows of the global batch, and lets tf.data read,
+decode, crop, flip and colour-augment them in parallel. Iterating yields dicts of NumPy arrays
+holding the process-local rows; `Batches.step` is the global step of the next batch.
 
-Reads prepared trees (data_pipelines.prepare): images at the working resolution, labels as 8-bit ids,
-from the file system or, for indices whose `storage` is a FileStore (the TFDS backend,
+Reads prepared trees (data_pipelines.prepare): images at the working resolution, labels as 8-bit
+ids, from the file system or, for indices whose `storage` is a FileStore (the TFDS backend,
 data_pipelines.tfds_backend), from that store with one batched read per step; decoding and
 augmentation are the same either way. A failing read is diagnosed file by file and raised as a
 DataError naming the file.
@@ -294,8 +294,8 @@ def sde_batches(index: common.ExampleIndex, *, resolution: tuple[int, int],
 def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpec,
                          resolution: tuple[int, int], crop: tuple[int, int], depth_dir: str,
                          strict_labels: bool, with_frames: bool = False):
-  """(load(plan) -> dict(image, label, labeled, intrinsics[, frames][, depth], index, step[, valid]),
-  files(plan) -> [(kind, path)], the _Contents that `load` reads)."""
+  """(load(plan) -> dict(image, label, labeled, intrinsics[, frames][, depth], index,
+  step[, valid]), files(plan) -> [(kind, path)], the _Contents that `load` reads)."""
   if with_frames and not index.is_triplet.all():
     raise common.DataError(f'{index.images[~index.is_triplet][0]}: no frames t-1, t+1 (multi-task '
                            'training needs them: join the images with their sequences)')

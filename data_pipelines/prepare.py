@@ -4,11 +4,11 @@
         --dst=/data/cityscapes_1024x512 --resolution=1024x512
 
 Images are resized with antialiasing (Lanczos) and written as PNG or JPEG (quality 98, as the
-reference); label maps are resized nearest and written as 8-bit grayscale raw ids (GTA5 palette indices
-and Synthia's 16-bit channel 0 become plain id maps); Cityscapes camera JSONs are rescaled with the
-pixels. Each file is written to a temporary name and renamed, and existing outputs are skipped, so an
-interrupted run resumes and a finished one is a no-op. The marker `sdeseg_prepared.json`, written last,
-is what the pipelines check for.
+reference); label maps are resized nearest and written as 8-bit grayscale raw ids (GTA5 palette
+indices and Synthia's 16-bit channel 0 become plain id maps); Cityscapes camera JSONs are rescaled
+with the pixels. Each file is written to a temporary name and renamed, and existing outputs are
+skipped, so an interrupted run resumes and a finished one is a no-op. The marker
+`sdeseg_prepared.json`, written last, is what the pipelines check for.
 """
 
 from __future__ import annotations
@@ -148,12 +148,13 @@ def open_prepared(dataset: str, root: str, resolution: tuple[int, int], **reader
   marker = read_marker(root)
   if marker is None:
     raise common.DataError(
-        f'{root}: not a prepared {dataset} tree (no {MARKER}); run python -m data_pipelines.prepare '
-        f'--dataset={dataset} --src=RAW_TREE --dst={root} '
+        f'{root}: not a prepared {dataset} tree (no {MARKER}); run '
+        f'python -m data_pipelines.prepare --dataset={dataset} --src=RAW_TREE --dst={root} '
         f'--resolution={resolution[0]}x{resolution[1]}')
   if marker.get('dataset') != dataset or tuple(marker.get('resolution', ())) != tuple(resolution):
     raise common.DataError(f'{os.path.join(root, MARKER)}: holds {marker.get("dataset")} at '
-                           f'{marker.get("resolution")}, but {dataset} at {list(resolution)} was asked')
+                           f'{marker.get("resolution")}, but {dataset} at {list(resolution)} '
+                           'was asked')
   return datasets.get_reader(dataset, root, **reader_kwargs)
 
 

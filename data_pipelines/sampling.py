@@ -1,6 +1,6 @@
 """Step-indexed sampling: the examples and augmentations of global step s are a pure function of
-(seed, stream, s). Resuming at step s therefore reproduces the exact data order with no iterator state,
-and every process computes the same global plan and keeps only its own rows.
+(seed, stream, s). Resuming at step s therefore reproduces the exact data order with no iterator
+state, and every process computes the same global plan and keeps only its own rows.
 
 Examples are drawn without replacement within an epoch: global position p = s * B + b reads row
 perm_e[p mod N] of the permutation of epoch e = p // N.

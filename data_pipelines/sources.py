@@ -2,8 +2,8 @@
 synthetic world into the raw tree when the config asks for it, preparing the raw tree once.
 
 A dataset entry (configs/base.py `dataset_config`) names the layout (`name`), the prepared tree
-(`root`), optionally the raw tree to prepare it from (`raw_root`) and optionally a synthetic world to
-render into that raw tree (`synthetic.domain`). Empty paths default to folders of the workdir.
+(`root`), optionally the raw tree to prepare it from (`raw_root`) and optionally a synthetic world
+to render into that raw tree (`synthetic.domain`). Empty paths default to folders of the workdir.
 Its `backend` says where the pipelines read the prepared files: `folder` (the tree) or `tfds` (the
 ArrayRecord shards in `tfds_dir` built from the tree, data_pipelines.tfds_backend).
 """
@@ -76,7 +76,8 @@ def _render_and_prepare(entry: ml_collections.ConfigDict, workdir: str, role: st
   if entry.synthetic.domain:
     from data_pipelines import synthetic  # imported lazily: only synthetic configs render
     world = entry.synthetic
-    logging.info('Rendering the synthetic %s world (%s layout) into %s', world.domain, entry.name, raw)
+    logging.info('Rendering the synthetic %s world (%s layout) into %s', world.domain, entry.name,
+                 raw)
     synthetic.render_world(raw, domain=world.domain, layout=entry.name, size=tuple(world.size),
                            sequences=world.sequences, frames=world.frames, seed=world.seed,
                            val_fraction=world.val_fraction, moving_objects=world.moving_objects,

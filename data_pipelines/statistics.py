@@ -19,7 +19,8 @@ def class_frequencies(index: common.ExampleIndex, spec: common.LabelSpec, max_la
   labels = index.labels[index.is_labeled]
   if not len(labels):
     return {}
-  labels = labels[np.unique(np.linspace(0, len(labels) - 1, min(max_labels, len(labels))).astype(int))]
+  labels = labels[np.unique(
+      np.linspace(0, len(labels) - 1, min(max_labels, len(labels))).astype(int))]
   lookup, store = spec.lookup_table(), index.store
 
   def count(path):

@@ -1,4 +1,5 @@
-"""Per-example TensorFlow transforms of the input pipelines (graph mode, run in parallel by tf.data).
+"""Per-example TensorFlow transforms of the input pipelines (graph mode, run in parallel by
+tf.data).
 
 Images are float32 [..., H, W, 3] in [0, 1]; label maps int32 [H, W]. Intrinsics enter normalised
 (fx/W, fy/H, cx/W, cy/H) and leave as 3x3 pixel matrices of the crop.
@@ -29,8 +30,8 @@ def decode_label(contents: tf.Tensor, lookup: tf.Tensor, valid: tf.Tensor, path:
   raw = tf.cast(tf.io.decode_png(contents, channels=1, dtype=tf.uint8)[..., 0], tf.int32)
   if strict:
     ok = tf.reduce_all(tf.gather(valid, raw))
-    with tf.control_dependencies([tf.debugging.Assert(ok, ['label ids outside the dataset\'s ids in',
-                                                           path], summarize=1)]):
+    with tf.control_dependencies([tf.debugging.Assert(
+        ok, ['label ids outside the dataset\'s ids in', path], summarize=1)]):
       raw = tf.identity(raw)
   return tf.gather(lookup, raw)
 

@@ -5,8 +5,8 @@
 
 Runs what the selection method needs and has not run yet in DIR — the data stage, and for the
 SDE-based methods (ds, us, ds_us) self-supervised depth pretraining and the depth labels — then
-the select_labels stage (config.select), and writes the ordered id list to --out (JSON; its first n ids
-are the n images to annotate first). Stages that config.stages names after select_labels
+the select_labels stage (config.select), and writes the ordered id list to --out (JSON; its first n
+ids are the n images to annotate first). Stages that config.stages names after select_labels
 (segmentation, evaluation) are not run. A rerun continues an interrupted selection.
 """
 

@@ -41,7 +41,8 @@ def linked_run(workdir: str, name: str, links=('data', 'depth', 'raw')) -> str:
 def assert_resumes_exactly(config, workdir: str, stage: str, interrupted_after: int) -> str:
   """Runs `stage` uninterrupted, and again with every checkpoint after step `interrupted_after`
   removed (as if it had stopped there) and rerun; the final train states must be equal.
-  config must checkpoint at interrupted_after and keep every checkpoint. Returns the straight run."""
+  config must checkpoint at interrupted_after and keep every checkpoint. Returns the straight
+  run."""
   straight, resumed = linked_run(workdir, 'straight'), linked_run(workdir, 'resumed')
   for run_dir in (straight, resumed):
     assert stages.run_stages(config, run_dir) == [stage]

@@ -1,4 +1,5 @@
-"""Readers of the real layouts and the prepare step, on tiny trees with the real naming conventions."""
+"""Readers of the real layouts and the prepare step, on tiny trees with the real naming
+conventions."""
 
 import json
 import os
@@ -13,7 +14,7 @@ from data_pipelines.datasets import cityscapes, common, synthia
 from tests import fixtures
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Label mappings: the SPEC's tables.
 
 def test_cityscapes_label_mapping_is_the_spec_table():
@@ -26,8 +27,8 @@ def test_cityscapes_label_mapping_is_the_spec_table():
 
 
 def test_synthia_label_mapping_is_the_spec_table():
-  spec = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12, 8: 13,
-          18: 14, 19: 15, 20: 16, 12: 17, 11: 18}
+  spec = {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12,
+          8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18}
   table = synthia.LABEL_SPEC.lookup_table()
   assert {i: int(table[i]) for i in spec} == spec
   assert table[0] == table[13] == table[14] == table[22] == common.IGNORE_LABEL
@@ -40,7 +41,7 @@ def test_invalid_ids_are_reported():
   assert synthia.LABEL_SPEC.invalid_ids(np.array([0, 22, 23])) == [23]
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Cityscapes.
 
 @pytest.fixture(scope='module')
@@ -89,7 +90,8 @@ def test_cityscapes_image_without_label_is_named(tmp_path):
   root = fixtures.write_cityscapes(str(tmp_path / 'cs'))
   label = f'{root}/gtFine/train/aachen/aachen_000001_000002_gtFine_labelIds.png'
   os.remove(label)
-  with pytest.raises(datasets.DataError, match='aachen_000001_000002_leftImg8bit.png: no label map'):
+  with pytest.raises(datasets.DataError,
+                     match='aachen_000001_000002_leftImg8bit.png: no label map'):
     datasets.get_reader('cityscapes', root).segmentation('train')
 
 
@@ -112,7 +114,7 @@ def test_broken_camera_json_is_named(tmp_path):
     datasets.get_reader('cityscapes', root).segmentation('train')
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # GTA5, Synthia, CamVid.
 
 def test_gta5_reader(tmp_path):
@@ -172,7 +174,7 @@ def test_index_helpers():
     common.ExampleIndex.from_rows([dict(id='a', image='/1.png'), dict(id='a', image='/2.png')])
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # prepare: downsampling once, resumable and idempotent.
 
 def _files(root):
@@ -252,7 +254,8 @@ def test_prepare_errors_name_the_file(cityscapes_root, tmp_path):
 
 
 def test_open_prepared_refuses_raw_and_mismatched_trees(cityscapes_root, tmp_path):
-  with pytest.raises(datasets.DataError, match='not a prepared cityscapes tree.*data_pipelines.prepare'):
+  with pytest.raises(datasets.DataError,
+                     match='not a prepared cityscapes tree.*data_pipelines.prepare'):
     prepare.open_prepared('cityscapes', cityscapes_root, (64, 32))
   dst = str(tmp_path / 'p')
   prepare.prepare('cityscapes', cityscapes_root, dst, (32, 16), image_format='png')

@@ -37,8 +37,9 @@ def test_data_stage_summarises_and_is_skipped_when_done(tmp_path, capsys, caplog
   assert summary['splits']['sequences/train'] == 6
   assert summary['splits']['segmentation/test'].startswith('absent')
   frequencies = summary['class_frequencies']
-  # Stripes of ids (7, 8, 11, 26, 0, 23, 33, 255) over 64 columns, nearest-downsampled to 32 columns,
-  # sample the odd columns (pixel centres): ids 8, 26, 23, 255 = sidewalk, car, sky, ignored.
+  # Stripes of ids (7, 8, 11, 26, 0, 23, 33, 255) over 64 columns, nearest-downsampled to 32
+  # columns, sample the odd columns (pixel centres): ids 8, 26, 23, 255 = sidewalk, car, sky,
+  # ignored.
   for name in ('sidewalk', 'car', 'sky', '(ignored)'):
     assert frequencies[name] == pytest.approx(0.25)
   assert frequencies['road'] == frequencies['building'] == 0
@@ -138,7 +139,8 @@ def test_main_cli_overrides_and_unknown_keys(tmp_path):
                  '--config.data.image_format=png', '--config.stages=data')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'class pixel frequencies' in result.stdout
-  result = _main('--config=configs/base.py', f'--workdir={tmp_path}/w2', '--config.data.trget.root=x')
+  result = _main('--config=configs/base.py', f'--workdir={tmp_path}/w2',
+                 '--config.data.trget.root=x')
   assert result.returncode != 0
   assert 'trget' in result.stderr
 

@@ -1,4 +1,5 @@
-"""Network structure: the exact parameter counts of SPEC section 3, output shapes, dtypes, tiny configs.
+"""Network structure: the exact parameter counts of SPEC section 3, output shapes, dtypes, tiny
+configs.
 
 Parameter counts and shapes come from jax.eval_shape (no compute); forward passes use tiny networks.
 Numerical parity with PyTorch is in test_weights.py.
@@ -232,7 +233,8 @@ def test_distillation_gate_starts_at_zero():
 def test_auto_compute_dtype_is_the_platform_default():
   model = base.get_config().model
   assert model.compute_dtype == 'auto'
-  assert networks.compute_dtype(model, 'tpu') == networks.compute_dtype(model, 'gpu') == jnp.bfloat16
+  assert (networks.compute_dtype(model, 'tpu') == networks.compute_dtype(model, 'gpu')
+          == jnp.bfloat16)
   assert networks.compute_dtype(model, 'cpu') == jnp.float32
   expected = {'cpu': jnp.float32, 'gpu': jnp.bfloat16, 'tpu': jnp.bfloat16}[jax.default_backend()]
   assert networks.compute_dtype(model) == expected
@@ -262,7 +264,8 @@ def test_summary_table_totals():
   assert text.splitlines()[-1].split()[1:] == ['99,722,230', '121,088']
 
 
-@pytest.mark.parametrize('k,stride,dilation', [(3, 1, 1), (3, 2, 1), (3, 1, 2), (7, 2, 1), (1, 1, 1)])
+@pytest.mark.parametrize('k,stride,dilation',
+                         [(3, 1, 1), (3, 2, 1), (3, 1, 2), (7, 2, 1), (1, 1, 1)])
 def test_cpu_convolution_matches_xla_convolution_and_its_gradients(k, stride, dilation):
   """The CPU path (im2col matmuls with a hand-written backward pass) against XLA's convolution
   op, values and both gradients, and against a float64 NumPy convolution."""

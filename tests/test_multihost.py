@@ -235,7 +235,8 @@ import jax, jax.numpy as jnp, numpy as np
 from sdeseg_jax.training import distributed, sharding
 flags = dict(a[2:].split('=') for a in sys.argv[1:])
 distributed.initialize('on', coordinator_address=flags['coordinator_address'],
-                       num_processes=int(flags['num_processes']), process_id=int(flags['process_id']))
+                       num_processes=int(flags['num_processes']),
+                       process_id=int(flags['process_id']))
 if jax.process_index() == 1:
   time.sleep(40)
 mesh = sharding.make_mesh()

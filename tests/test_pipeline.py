@@ -1,8 +1,9 @@
 """data_pipelines.sampling and data_pipelines.pipeline on tiny prepared Cityscapes trees.
 
-The images' pixels say where they come from (tests.fixtures): red = column x, green = row y; here the
-blue channel is rewritten to 10 * frame + sequence, so every frame of every snippet is recognisable.
-Crops, flips, frame order, label alignment and intrinsics are all checked from these codes.
+The images' pixels say where they come from (tests.fixtures): red = column x, green = row y; here
+the blue channel is rewritten to 10 * frame + sequence, so every frame of every snippet is
+recognisable. Crops, flips, frame order, label alignment and intrinsics are all checked from these
+codes.
 """
 
 import dataclasses
@@ -46,7 +47,8 @@ def test_example_indices_one_epoch_visits_every_example_once():
   steps = [sampling.example_indices(0, 'labeled', s, 2, 10) for s in range(5)]
   np.testing.assert_array_equal(np.sort(np.concatenate(steps)), np.arange(10))
   # The next epoch is again a permutation, in a different order.
-  following = np.concatenate([sampling.example_indices(0, 'labeled', s, 2, 10) for s in range(5, 10)])
+  following = np.concatenate([sampling.example_indices(0, 'labeled', s, 2, 10)
+                              for s in range(5, 10)])
   np.testing.assert_array_equal(np.sort(following), np.arange(10))
   assert not np.array_equal(following, np.concatenate(steps))
 
@@ -71,8 +73,8 @@ def test_example_indices_empty_index():
 
 def test_augmentation_params_ranges():
   rng = sampling.step_rng(0, 'sde', 0)
-  params = sampling.augmentation_params(rng, 2000, resolution=(64, 32), crop=(40, 24), flip_prob=0.5,
-                                        color=sampling.ColorJitter())
+  params = sampling.augmentation_params(rng, 2000, resolution=(64, 32), crop=(40, 24),
+                                        flip_prob=0.5, color=sampling.ColorJitter())
   assert set(np.unique(params['crop_x'])) == set(range(25))
   assert set(np.unique(params['crop_y'])) == set(range(9))
   assert 0.4 < params['flip'].mean() < 0.6 and 0.4 < params['color_apply'].mean() < 0.6
@@ -148,9 +150,9 @@ def _check_crop(codes, k_crop, normalised):
   """Checks one cropped image's red/green codes and its intrinsics; returns (flip, x0, y0).
 
   The crop is read off the codes: pixel (0, 0) shows source column x0 (W - 1 - x0 when flipped) and
-  row y0. Every crop pixel must then show the source pixel flip-then-crop predicts, and a 3D point the
-  full-resolution camera sees at that source pixel must project through `k_crop` onto the crop pixel
-  (mirrored in X when the image was flipped).
+  row y0. Every crop pixel must then show the source pixel flip-then-crop predicts, and a 3D point
+  the full-resolution camera sees at that source pixel must project through `k_crop` onto the crop
+  pixel (mirrored in X when the image was flipped).
   """
   width, height = RES
   crop_h, crop_w = codes.shape[:2]
@@ -372,7 +374,8 @@ def test_segmentation_deterministic_resumable_and_sharded(reader):
   index = reader.segmentation('train')
   first = _collect(_segmentation(index, seed=9, num_steps=4))
   _assert_batches_equal(first, _collect(_segmentation(index, seed=9, num_steps=4)))
-  _assert_batches_equal(first[2:], _collect(_segmentation(index, seed=9, start_step=2, num_steps=2)))
+  _assert_batches_equal(first[2:],
+                        _collect(_segmentation(index, seed=9, start_step=2, num_steps=2)))
   parts = [_collect(_segmentation(index, seed=9, num_steps=4,
                                   sharding=pipeline.Sharding(2, process_index=p, process_count=2)))
            for p in range(2)]

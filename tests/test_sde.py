@@ -132,8 +132,8 @@ SHARDING_SCRIPT = textwrap.dedent('''
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
       mesh = sharding.make_mesh(devices)
-      step = sharding.jit_train_step(sde_pretrain.make_train_step(network, config.model, config.sde),
-                                     mesh)
+      step = sharding.jit_train_step(
+          sde_pretrain.make_train_step(network, config.model, config.sde), mesh)
       new, metrics = step(sharding.replicate(state, mesh), sharding.global_batch(batch, mesh))
       results.append((float(metrics['loss/total']), jax.device_get(new.params)))
     (loss1, params1), (loss8, params8) = results

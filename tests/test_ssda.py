@@ -1,5 +1,6 @@
 """Semi-supervised domain adaptation (SPEC 7): Cross-Domain mixing, the margin flip, Matching
-Geometry Sampling, batch composition, configs, and an exactly resumable SSDA run (demo ssda,tiny)."""
+Geometry Sampling, batch composition, configs, and an exactly resumable SSDA run
+(demo ssda,tiny)."""
 
 import itertools
 import json

@@ -50,7 +50,8 @@ def test_semi_supervised_keeps_labels_only_on_the_subset():
 def test_with_neighbours_joins_by_id():
   images = _index(3)
   sequences = ExampleIndex.from_rows([
-      dict(id=f'img{i}', image=f'/seq/img{i}.png', prev=f'/seq/prev{i}.png', next=f'/seq/next{i}.png')
+      dict(id=f'img{i}', image=f'/seq/img{i}.png', prev=f'/seq/prev{i}.png',
+           next=f'/seq/next{i}.png')
       for i in (2, 0, 1, 5)])
   joined = subsets.with_neighbours(images, sequences)
   assert joined.prev_frames.tolist() == ['/seq/prev0.png', '/seq/prev1.png', '/seq/prev2.png']

@@ -167,7 +167,8 @@ def test_data_summary_from_the_shards_alone_equals_the_folder_summary(world):
 
 
 def test_shards_are_plain_tfds_datasets(world):
-  """Other tools read the shards by name from their files, records in index order, files verbatim."""
+  """Other tools read the shards by name from their files, records in index order, files
+  verbatim."""
   config, workdir = world
   folder, _ = _readers(world, 'target')
   index = folder.segmentation('train')
@@ -262,8 +263,8 @@ def test_command_line_builds_shards(world, tmp_path):
   tfds_dir = str(tmp_path / 'cli')
   width, height = entry.resolution
   result = subprocess.run(
-      [sys.executable, '-m', 'data_pipelines.build_shards', '--dataset=cityscapes', f'--root={root}',
-       f'--resolution={width}x{height}', f'--tfds_dir={tfds_dir}', '--workers=2'],
+      [sys.executable, '-m', 'data_pipelines.build_shards', '--dataset=cityscapes',
+       f'--root={root}', f'--resolution={width}x{height}', f'--tfds_dir={tfds_dir}', '--workers=2'],
       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)), timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert f'{tfds_dir}/sdeseg_cityscapes/sequences_{width}x{height}/1.0.0' in result.stdout

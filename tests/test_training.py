@@ -88,16 +88,18 @@ def test_mean_teacher_follows_each_update_with_the_configured_decay():
 def test_mean_teacher_schedule():
   ema, params = {'w': jnp.zeros(())}, {'w': jnp.ones(())}
   assert float(train_state.ema_update(ema, params, jnp.array(1), 0.99)['w']) == pytest.approx(0.5)
-  assert float(train_state.ema_update(ema, params, jnp.array(1000), 0.99)['w']) == pytest.approx(0.01)
+  assert (float(train_state.ema_update(ema, params, jnp.array(1000), 0.99)['w'])
+          == pytest.approx(0.01))
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # A toy regression trained by the real loop.
 
 def _toy_state(seed=0):
   config = _optim_config(all=dict(pattern='.', lr=0.1, frozen=False))
   params = {'w': jnp.zeros((4,)), 'b': jnp.zeros(())}
-  return train_state.TrainState.create(params=params, batch_stats={}, tx=optim.build(config, params),
+  return train_state.TrainState.create(params=params, batch_stats={},
+                                       tx=optim.build(config, params),
                                        rng=jax.random.key_data(jax.random.key(seed)), ema=True)
 
 
@@ -171,7 +173,8 @@ def test_corrupted_and_missing_checkpoints_are_named(tmp_path):
 
 
 def test_merge_by_mapping_reports_missing_and_unused():
-  target = {'pad': {'seg_decoder': {'a': np.zeros(2), 'b': np.zeros(3)}}, 'encoder': {'c': np.zeros(1)}}
+  target = {'pad': {'seg_decoder': {'a': np.zeros(2), 'b': np.zeros(3)}},
+            'encoder': {'c': np.zeros(1)}}
   source = {'depth_decoder': {'a': np.ones(2), 'heads': np.ones(5)}}
   merged, report = checkpointing.merge_by_mapping(target, source,
                                                   {'depth_decoder': 'pad/seg_decoder'})

@@ -13,10 +13,10 @@ from data_pipelines.datasets import cityscapes
 
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601, as the brief of the transforms states
 
-# Float32 TF against float64 NumPy: each operation rounds at ~6e-8 relative on values <= 1 (measured:
-# <= 1.3e-7 for brightness/contrast/saturation), a chain of four stays well below 1e-5. Hue: TF converts
-# to HSV in float32 with a 6-sector formula; a rounding error of ~1e-7 in the hue comes back multiplied
-# by 6 * chroma (measured <= 7e-7), so 1e-5 holds there too.
+# Float32 TF against float64 NumPy: each operation rounds at ~6e-8 relative on values <= 1
+# (measured: <= 1.3e-7 for brightness/contrast/saturation), a chain of four stays well below 1e-5.
+# Hue: TF converts to HSV in float32 with a 6-sector formula; a rounding error of ~1e-7 in the hue
+# comes back multiplied by 6 * chroma (measured <= 7e-7), so 1e-5 holds there too.
 ATOL = 1e-5
 HUE_ATOL = 1e-5
 
@@ -84,7 +84,8 @@ def test_contrast_uses_one_mean_per_image():
   dark = np.full((4, 4, 3), 0.1, np.float32)
   bright = np.full((4, 4, 3), 0.9, np.float32)
   out = transforms.adjust_contrast(np.stack([dark, bright]), 0.5).numpy()
-  # A constant image equals its own mean luma: contrast leaves it unchanged when the mean is its own.
+  # A constant image equals its own mean luma: contrast leaves it unchanged when the mean is its
+  # own.
   np.testing.assert_allclose(out[0], dark, atol=1e-6)
   np.testing.assert_allclose(out[1], bright, atol=1e-6)
 
@@ -139,7 +140,8 @@ def test_color_jitter_same_parameters_for_all_frames():
   for k in range(3):
     np.testing.assert_allclose(out[k], transforms.color_jitter(triplet[k], factors, order).numpy(),
                                atol=1e-6)
-    np.testing.assert_allclose(out[k], ref_color_jitter(triplet[k], factors, order.numpy()), atol=HUE_ATOL)
+    np.testing.assert_allclose(out[k], ref_color_jitter(triplet[k], factors, order.numpy()),
+                               atol=HUE_ATOL)
 
 
 # ---- crop and flip ----
@@ -170,8 +172,8 @@ def test_crop_and_flip_equals_flip_then_crop(shape):
 
 def test_crop_and_flip_eager_python_arguments():
   x = np.arange(4 * 5).reshape(4, 5)
-  np.testing.assert_array_equal(transforms.crop_and_flip(tf.constant(x), 1, 2, (3, 2), True).numpy(),
-                                x[:, ::-1][2:4, 1:4])
+  np.testing.assert_array_equal(
+      transforms.crop_and_flip(tf.constant(x), 1, 2, (3, 2), True).numpy(), x[:, ::-1][2:4, 1:4])
 
 
 # ---- intrinsics ----

@@ -11,8 +11,8 @@ import os
 from data_pipelines.datasets import common
 
 LABEL_SPEC = common.LabelSpec(
-    class_names=('sky', 'building', 'pole', 'road', 'pavement', 'tree', 'signsymbol', 'fence', 'car',
-                 'pedestrian', 'bicyclist'),
+    class_names=('sky', 'building', 'pole', 'road', 'pavement', 'tree', 'signsymbol', 'fence',
+                 'car', 'pedestrian', 'bicyclist'),
     id_to_train={i: i for i in range(11)},  # 11 = unlabelled -> ignore
     valid_ids=frozenset(range(12)),
     # The colours of the SegNet CamVid release.

@@ -5,8 +5,9 @@ Layout (as the official archives unpack; a prepared tree keeps it):
   gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png              label ids 0..33
   leftImg8bit_sequence/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png    30-frame snippets
   camera/{split}/{city}/{city}_{seq}_{frame}_camera.json                     intrinsics in pixels
-Camera JSONs give intrinsics in pixels of the images beside them (2048x1024 for the official data; the
-prepare step rescales them with the images). Without a camera folder the official values are used.
+Camera JSONs give intrinsics in pixels of the images beside them (2048x1024 for the official data;
+the prepare step rescales them with the images). Without a camera folder the official values are
+used.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def parse_name(path: str) -> tuple[str, str, int]:
   stem = os.path.splitext(os.path.basename(path))[0]
   match = _NAME.fullmatch(stem)
   if not match:
-    raise common.DataError(f'{path}: not a Cityscapes image name ({{city}}_{{seq}}_{{frame}}_leftImg8bit)')
+    raise common.DataError(f'{path}: not a Cityscapes image name '
+                           '({city}_{seq}_{frame}_leftImg8bit)')
   return match['city'], match['seq'], int(match['frame'])
 
 

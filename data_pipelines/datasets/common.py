@@ -1,10 +1,11 @@
 """What every dataset reader shares: the example index, label tables, errors and file helpers.
 
-A reader turns an on-disk layout into an `ExampleIndex`: parallel NumPy columns, one row per example.
-Paths are absolute strings; an empty string means "absent" (an unlabeled image, a frame without
-neighbours). Intrinsics are normalised by the image size (fx/W, fy/H, cx/W, cy/H), so they hold at any
-resolution the images are resized to. A row's files are read from the file system, or from the
-`FileStore` in its `storage` column (the TFDS backend keeps the same paths in ArrayRecord shards).
+A reader turns an on-disk layout into an `ExampleIndex`: parallel NumPy columns, one row per
+example. Paths are absolute strings; an empty string means "absent" (an unlabeled image, a frame
+without neighbours). Intrinsics are normalised by the image size (fx/W, fy/H, cx/W, cy/H), so they
+hold at any resolution the images are resized to. A row's files are read from the file system, or
+from the `FileStore` in its `storage` column (the TFDS backend keeps the same paths in ArrayRecord
+shards).
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ class LabelSpec:
 
   def __post_init__(self):
     if len(self.colours) != len(self.class_names):
-      raise ValueError(f'LabelSpec: {len(self.colours)} colours for {len(self.class_names)} classes')
+      raise ValueError(f'LabelSpec: {len(self.colours)} colours for '
+                       f'{len(self.class_names)} classes')
 
   @property
   def num_classes(self) -> int:
@@ -289,7 +291,8 @@ def decode_label_png(path: str, store: FileStore | None = None) -> np.ndarray:
   try:
     with Image.open(source) as image:
       if image.mode not in ('L', 'P'):
-        raise DataError(f'{name}: label map has mode {image.mode}, expected grayscale or palette ids')
+        raise DataError(f'{name}: label map has mode {image.mode}, expected grayscale or '
+                        'palette ids')
       return np.array(image, np.uint8)
   except (OSError, SyntaxError) as e:
     raise DataError(f'{name}: unreadable label map ({e})') from e
@@ -298,8 +301,8 @@ def decode_label_png(path: str, store: FileStore | None = None) -> np.ndarray:
 class Reader(abc.ABC):
   """Parses one dataset's on-disk layout (raw or prepared) into example indices.
 
-  Subclasses set `name`, `label_spec`, `prepare_patterns` ((kind, glob relative to the root) for every
-  file `data_pipelines.prepare` converts; kind is 'image', 'label' or 'camera') and implement
+  Subclasses set `name`, `label_spec`, `prepare_patterns` ((kind, glob relative to the root) for
+  every file `data_pipelines.prepare` converts; kind is 'image', 'label' or 'camera') and implement
   `segmentation`; those with video implement `sequences` and list `sequence_splits`.
   """
   name: str

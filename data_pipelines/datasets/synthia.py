@@ -90,6 +90,7 @@ class Synthia(common.Reader):
       raise common.DataError(f'{path}: unreadable label map ({e.message})') from e
     ids = raw[..., 0]
     if ids.max(initial=0) > 255:
-      raise common.DataError(f'{path}: class ids {sorted(set(np.unique(ids)) - set(range(256)))[:5]}'
+      raise common.DataError(f'{path}: class ids '
+                             f'{sorted(set(np.unique(ids)) - set(range(256)))[:5]}'
                              ' outside 0..255')
     return ids.astype(np.uint8)

@@ -2,8 +2,8 @@
 
 One `Decoder` configured by channel lists covers every variant of SPEC section 3:
 for level i = 4..0: x = block(i, 0)(x); nearest x2 upsampling when x is smaller than the skip f[i-1]
-(or i == 0); concatenation with f[i-1] for i > 0; x = block(i, 1)(x). Block (4, 0) is ASPP; the others
-are ConvBlocks (reflection-padded 3x3 conv with bias, optional BN, ELU). Disparity heads
+(or i == 0); concatenation with f[i-1] for i > 0; x = block(i, 1)(x). Block (4, 0) is ASPP; the
+others are ConvBlocks (reflection-padded 3x3 conv with bias, optional BN, ELU). Disparity heads
 (reflection-padded 3x3 conv -> 1 channel, sigmoid) read the outputs of levels 0..3.
 """
 
@@ -126,7 +126,8 @@ class Decoder(nn.Module):
     return {s: self.heads[f'disp{s}'](outputs[s]) for s in self.disparity_levels if s in outputs}
 
   def __call__(self, features: Sequence[jax.Array], train: bool = False) -> dict:
-    """Encoder features f0..f4 -> {'levels': {i: [B, h_i, w_i, C_i]}, 'disp': {s: [B, h_s, w_s, 1]}}.
+    """Encoder features f0..f4 ->
+    {'levels': {i: [B, h_i, w_i, C_i]}, 'disp': {s: [B, h_s, w_s, 1]}}.
 
     Level i's output is at 1/2^i of the input resolution (level 4 at the encoder's output stride).
     """
@@ -136,7 +137,8 @@ class Decoder(nn.Module):
 
 class SegmentationHead(nn.Module):
   """Transfer-learning head on the level-0 output: 1x1 conv 64 -> 64 without bias, 1x1 conv ->
-  classes (the reference's JointSegDepthDecoder with one projected layer and no intermediate head)."""
+  classes (the reference's JointSegDepthDecoder with one projected layer and no intermediate
+  head)."""
   num_classes: int
   features: int = 64
   dtype: layers.Dtype = jnp.float32

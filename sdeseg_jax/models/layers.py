@@ -30,7 +30,8 @@ Dtype = Any
 
 # torchvision ResNets: kaiming normal, fan_out, ReLU gain.
 kaiming_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-# torch's default Conv2d init (kaiming uniform with a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+# torch's default Conv2d init (kaiming uniform with a = sqrt(5)):
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
 torch_default = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
@@ -45,7 +46,8 @@ class Conv(nn.Module):
 
   Attributes:
     features: output channels. kernel_size, stride, dilation: square, as torch.nn.Conv2d.
-    padding: pixels on every side; None means dilation * (kernel_size - 1) // 2 ("same" for stride 1).
+    padding: pixels on every side; None means dilation * (kernel_size - 1) // 2 ("same" for
+      stride 1).
     padding_mode: 'zeros' or 'reflect' (torch's ReflectionPad2d / padding_mode='reflect').
     use_bias: a bias term. kernel_init: initialiser of the [k, k, in, out] kernel.
     dtype: compute dtype (parameters stay float32).

@@ -1,11 +1,11 @@
 """The composite networks the stages use, built from config (configs/base.py `model`).
 
-| kind            | modules                                              | used by                       |
-|-----------------|------------------------------------------------------|-------------------------------|
-| `sde`           | encoder + depth_decoder + pose_encoder + pose_decoder | SDE pretraining, depth labels |
-| `transfer`      | encoder + seg_decoder + seg_head                     | SSL / SSDA without multi-task |
-| `mtl`           | encoder + pad + pose_encoder + pose_decoder           | multi-task (PAD-Net) training |
-| `depth_student` | encoder + depth_decoder (dec9, BN)                   | data selection                |
+kind            | modules                                         | used by
+----------------|-------------------------------------------------|------------------------------
+`sde`           | encoder+depth_decoder+pose_encoder+pose_decoder | SDE pretraining, depth labels
+`transfer`      | encoder+seg_decoder+seg_head                    | SSL / SSDA without multi-task
+`mtl`           | encoder+pad+pose_encoder+pose_decoder           | multi-task (PAD-Net) training
+`depth_student` | encoder+depth_decoder (dec9, BN)                | data selection
 
 Every network maps images [B, H, W, 3] in [0, 1] to a dict of named outputs. Pose takes a pair of
 frames in temporal order, stacked in channels.
@@ -55,7 +55,8 @@ def encoder_from_config(config: ml_collections.ConfigDict, dtype,
 
 
 def decoder_design(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """channels / aspp_rates / batch_norm of a named decoder, channels scaled by config.width_scale."""
+  """channels / aspp_rates / batch_norm of a named decoder, channels scaled by
+  config.width_scale."""
   if config.name not in decoder.DECODERS:
     raise ConfigError(f'decoder {config.name!r}: expected one of {sorted(decoder.DECODERS)}')
   design = dict(decoder.DECODERS[config.name])

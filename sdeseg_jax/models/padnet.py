@@ -1,4 +1,5 @@
-"""PAD-Net multi-task decoder: a depth and a segmentation decoder that exchange distilled features."""
+"""PAD-Net multi-task decoder: a depth and a segmentation decoder that exchange distilled
+features."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The pose network: a ResNet18 encoder on two frames stacked in channels and monodepth2's decoder."""
+"""The pose network: a ResNet18 encoder on two frames stacked in channels and monodepth2's
+decoder."""
 
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """ResNet encoders in torchvision's layout, with dilation for output stride 8/16/32.
 
-Parameter names follow torchvision's state dict (conv1, bn1, layer1_0/conv1, layer1_0/downsample_conv,
-...), so weight import is a rename plus OIHW -> HWIO. The encoder returns the five feature levels the
-decoders use: f0 = relu(bn1(conv1)) (64 ch, /2), f1..f4 = layer1..layer4 (/4, /8, /16 or /8, /32 ...).
+Parameter names follow torchvision's state dict (conv1, bn1, layer1_0/conv1,
+layer1_0/downsample_conv, ...), so weight import is a rename plus OIHW -> HWIO. The encoder returns
+the five feature levels the decoders use: f0 = relu(bn1(conv1)) (64 ch, /2), f1..f4 = layer1..layer4
+(/4, /8, /16 or /8, /32 ...).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class BasicBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    conv = lambda name, stride: layers.Conv(self.features, 3, stride, kernel_init=layers.kaiming_fan_out,
+    conv = lambda name, stride: layers.Conv(self.features, 3, stride,
+                                           kernel_init=layers.kaiming_fan_out,
                                            dtype=self.dtype, name=name)
     y = nn.relu(layers.batch_norm(train, self.dtype, 'bn1')(conv('conv1', self.stride)(x)))
     y = layers.batch_norm(train, self.dtype, 'bn2')(conv('conv2', 1)(y))
@@ -120,7 +122,8 @@ class ResNet(nn.Module):
     features = [x]
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     in_features, dilation = self.width, 1
-    for stage, (blocks, dilate) in enumerate(zip(stage_sizes, (False,) + DILATE[self.output_stride])):
+    for stage, (blocks, dilate) in enumerate(
+        zip(stage_sizes, (False,) + DILATE[self.output_stride])):
       features_out = self.width * 2**stage
       stride = 1 if stage == 0 else 2
       previous_dilation = dilation
@@ -131,7 +134,8 @@ class ResNet(nn.Module):
             features_out, stride=stride if b == 0 else 1,
             # torchvision: the first block of a dilated stage keeps the previous dilation.
             dilation=previous_dilation if b == 0 else dilation,
-            downsample=b == 0 and (stride != 1 or in_features != features_out * EXPANSION[block_name]),
+            downsample=b == 0 and (stride != 1
+                                   or in_features != features_out * EXPANSION[block_name]),
             dtype=self.dtype, name=f'layer{stage + 1}_{b}')(x, train)
         in_features = features_out * EXPANSION[block_name]
       features.append(x)

@@ -39,7 +39,8 @@ def format_table(kind: str, rows: list[tuple[str, int, int]]) -> str:
   width = max([len(r[0]) for r in rows] + [6])
   lines = [f'{kind}', f'  {"module":{width}s} {"params":>12s} {"BN stats":>10s}']
   lines += [f'  {name:{width}s} {p:12,d} {s:10,d}' for name, p, s in rows]
-  lines.append(f'  {"total":{width}s} {sum(r[1] for r in rows):12,d} {sum(r[2] for r in rows):10,d}')
+  lines.append(f'  {"total":{width}s} {sum(r[1] for r in rows):12,d} '
+               f'{sum(r[2] for r in rows):10,d}')
   return '\n'.join(lines)
 
 

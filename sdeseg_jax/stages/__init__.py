@@ -2,8 +2,8 @@
 sde_pretrain the source domain's as SOURCE_STAGE), which STAGES lists; stages hand over only through
 the workdir's files (sdeseg_jax.artifacts), never by importing each other.
 
-A finished stage leaves `<workdir>/<stage>/done` (JSON: when, and the config it ran with); a later run
-skips it, says why, and warns when the config has changed since.
+A finished stage leaves `<workdir>/<stage>/done` (JSON: when, and the config it ran with); a later
+run skips it, says why, and warns when the config has changed since.
 
 With several processes (sdeseg_jax.training.distributed) every process runs every stage, except
 the primary_only ones, which process 0 runs while the others wait; all processes meet at a barrier
@@ -86,8 +86,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     if os.path.exists(marker):
       with open(marker) as f:
         previous = json.load(f)
-      logging.info('Skipping stage %r: finished at %s (%s exists; delete it to run the stage again)',
-                   name, previous.get('finished'), marker)
+      logging.info('Skipping stage %r: finished at %s (%s exists; delete it to run the stage '
+                   'again)', name, previous.get('finished'), marker)
       if previous.get('config') != _comparable(config):
         logging.warning('Stage %r ran with a different config than the current one; its outputs '
                         'are kept. Delete %s to rerun it with the current config.', name, marker)

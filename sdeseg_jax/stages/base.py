@@ -26,7 +26,8 @@ class Stage:
   check_config(config): raises ConfigError on values that cannot work; the runner calls it for
     every stage it will run before it runs the first, so a bad value of a late stage fails in
     seconds, not after hours of the earlier ones.
-  inputs(config, workdir) -> [Input]: the files it reads that other stages write or the config names.
+  inputs(config, workdir) -> [Input]: the files it reads that other stages write or the config
+    names.
   primary_only: no device work, but writes of shared files (rendering, preparing, summarising),
     which two processes doing at once would race on: process 0 runs it while the others wait.
   """

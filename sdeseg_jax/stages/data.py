@@ -53,7 +53,8 @@ def summarise(entry: ml_collections.ConfigDict, reader: common.Reader, max_label
   train = reader.segmentation('train')
   return dict(dataset=entry.name, root=reader.root, resolution=list(entry.resolution),
               classes=list(reader.label_spec.class_names), splits=_split_sizes(reader),
-              class_frequencies=statistics.class_frequencies(train, reader.label_spec, max_labels, workers),
+              class_frequencies=statistics.class_frequencies(train, reader.label_spec, max_labels,
+                                                             workers),
               intrinsics=intrinsics_summary(train, tuple(entry.resolution)))
 
 

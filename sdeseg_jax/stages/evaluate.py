@@ -57,7 +57,8 @@ def export_predictions(predict, variables, index, reader, *, resolution, mesh, b
   raw_ids = reader.label_spec.raw_id_table()
   written = 0
   for example, classes in evaluation.each_local_row(
-      lambda v, batch: argmax(predict(v, batch)), variables, index, reader, resolution=resolution, mesh=mesh, batch_size=batch_size):
+      lambda v, batch: argmax(predict(v, batch)), variables, index, reader,
+      resolution=resolution, mesh=mesh, batch_size=batch_size):
     Image.fromarray(raw_ids[classes]).save(os.path.join(out_dir, f'{example}_labelIds.png'))
     written += 1
   return written

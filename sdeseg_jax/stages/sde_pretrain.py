@@ -112,7 +112,8 @@ def _depth_metrics(pred, gt, *, min_depth: float, max_depth: float) -> dict:
 
 
 def predict_depth_at(disparity: np.ndarray, shape: tuple[int, int], sde) -> np.ndarray:
-  """[H, W, 1] disparity -> [h, w] depth at the ground truth's resolution (bilinear on disparity)."""
+  """[H, W, 1] disparity -> [h, w] depth at the ground truth's resolution (bilinear on
+  disparity)."""
   resized = jax.image.resize(jnp.asarray(disparity), (*shape, 1), 'bilinear')[..., 0]
   return np.asarray(ops.disp_to_depth(resized, sde.min_depth, sde.max_depth)[1])
 

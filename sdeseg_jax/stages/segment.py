@@ -2,11 +2,11 @@
 
 Per step: a labeled batch (cross-entropy; + the SDE loss under multi-task) and, unless
 config.segment.mix is 'none', a mixing batch: the mean teacher labels it, DepthMix / ClassMix (or no
-mixing for plain pseudo-labels) mixes image b with image b+1, the mixed images are strongly augmented,
-and the student learns the mixed pseudo-labels weighted by their quality. Under multi-task (PAD-Net)
-with config.segment.depthmix_online_depth the mixing batch also gets the SDE loss, and DepthMix uses
-the student's own detached disparity; otherwise DepthMix reads the depth labels of the depth_labels
-stage.
+mixing for plain pseudo-labels) mixes image b with image b+1, the mixed images are strongly
+augmented, and the student learns the mixed pseudo-labels weighted by their quality. Under
+multi-task (PAD-Net) with config.segment.depthmix_online_depth the mixing batch also gets the SDE
+loss, and DepthMix uses the student's own detached disparity; otherwise DepthMix reads the depth
+labels of the depth_labels stage.
 
 Output: <workdir>/segment/ckpt, logs, best/ (the best evaluated weights) and best.json.
 """

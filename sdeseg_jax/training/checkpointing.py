@@ -155,7 +155,8 @@ def merge_by_mapping(target: Mapping, source: Mapping,
   merged = dict(flat_target)
   loaded, missing, used = [], [], set()
   for source_prefix, target_prefix in pairs:
-    target_keys = [k for k in flat_target if k == target_prefix or k.startswith(target_prefix + '/')]
+    target_keys = [k for k in flat_target
+                   if k == target_prefix or k.startswith(target_prefix + '/')]
     if not target_keys:
       raise CheckpointError(f'{what}: mapping {source_prefix!r} -> {target_prefix!r}: the target '
                             f'has no parameters under {target_prefix!r}')

@@ -59,7 +59,8 @@ def create_writer(logdir: str) -> metric_writers.MetricWriter:
 
 
 class _ProgressLine:
-  """'step 120/1000  3.2 steps/s  ETA 4m35s' redrawn in place on a terminal, at most twice a second."""
+  """'step 120/1000  3.2 steps/s  ETA 4m35s' redrawn in place on a terminal, at most twice a
+  second."""
 
   def __init__(self, total: int, start: int):
     self.enabled = sys.stderr.isatty() and jax.process_index() == 0

@@ -1,11 +1,14 @@
-"""Optimisers from config: parameter groups by regex, each with its learning-rate schedule or frozen.
+"""Optimisers from config: parameter groups by regex, each with its learning-rate schedule or
+frozen.
 
 config (an `optim` ConfigDict, see configs/base.py optim_config):
   name: 'adam' | 'sgd'; momentum (sgd); weight_decay (added to the gradient, as torch's optimisers);
   clip_norm: global gradient-norm clip over the trainable parameters (0: none);
-  schedule: kind 'constant' | 'step' (x factor at each boundary) | 'poly' (power, to 0 at total_steps);
+  schedule: kind 'constant' | 'step' (x factor at each boundary) | 'poly' (power, to 0 at
+    total_steps);
   groups: {name: {pattern, lr, frozen}}: every parameter path ('encoder/layer1_0/conv1/kernel') must
-    match exactly one group's regex (re.search); an uncovered or doubly covered parameter is an error.
+    match exactly one group's regex (re.search); an uncovered or doubly covered parameter is an
+    error.
   accumulate_steps (optional, default 1): gradient accumulation, k > 1 averages the gradients of k
     consecutive train steps (micro-batches) and updates every k-th step (optax.MultiSteps), so the
     update equals one step on a k times larger batch (BatchNorm statistics stay per micro-batch).
@@ -88,7 +91,8 @@ def build(config: ml_collections.ConfigDict, params) -> optax.GradientTransforma
   for name, group in config.groups.items():
     if not group.frozen:
       transforms[name] = optax.chain(
-          optax.add_decayed_weights(config.weight_decay) if config.weight_decay else optax.identity(),
+          (optax.add_decayed_weights(config.weight_decay) if config.weight_decay
+           else optax.identity()),
           _optimizer(config, schedule(group.lr, config.schedule)))
   used = set(jax.tree.leaves(labels))
   transforms = {name: tx for name, tx in transforms.items() if name in used}

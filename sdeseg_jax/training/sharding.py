@@ -2,8 +2,9 @@
 
 Data parallelism over one mesh axis 'data': batches are sharded along their first axis, the state is
 replicated. Under jit the BatchNorm statistics are therefore computed over the global batch
-(synchronised BN), unlike the reference's per-GPU BN. The mesh axis is Auto (not the Explicit default),
-which accepts the gathers of image warping, bincount confusion matrices and batch reductions.
+(synchronised BN), unlike the reference's per-GPU BN. The mesh axis is Auto (not the Explicit
+default), which accepts the gathers of image warping, bincount confusion matrices and batch
+reductions.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ def make_mesh(devices: list | None = None) -> jax.sharding.Mesh:
   """A 1-D data-parallel mesh over all (or the given) devices.
 
   Each process's devices are consecutive along the axis, in process order: the input pipelines give
-  process p rows [p * B/P, (p + 1) * B/P) of the global batch, and make_array_from_process_local_data
-  places a process's rows on its devices in mesh order, so only this order reproduces the
-  single-process batch row for row. jax.make_mesh may order devices by physical topology.
+  process p rows [p * B/P, (p + 1) * B/P) of the global batch, and
+  make_array_from_process_local_data places a process's rows on its devices in mesh order, so only
+  this order reproduces the single-process batch row for row. jax.make_mesh may order devices by
+  physical topology.
   """
   devices = devices or jax.devices()
   mesh = jax.make_mesh((len(devices),), (DATA_AXIS,), devices=devices,

@@ -31,7 +31,8 @@ class TrainState(flax.struct.PyTreeNode):
              ema: bool = False, constants=None) -> 'TrainState':
     """rng: raw key data (jax.random.key_data), which checkpoints store as plain uint32."""
     return cls(step=jnp.zeros([], jnp.int32), params=params, batch_stats=batch_stats,
-               opt_state=tx.init(params), ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+               opt_state=tx.init(params),
+               ema_params=jax.tree.map(jnp.copy, params) if ema else None,
                rng=rng, constants=constants, tx=tx)
 
   @property

@@ -64,7 +64,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, Any]:
   as they are; the converters ignore them). Reads with weights_only=True."""
   import torch  # optional dependency: only reading PyTorch files needs it
   state = torch.load(os.fspath(path), map_location='cpu', weights_only=True)
-  return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+  return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+          for k, v in state.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +168,8 @@ def resnet_rename(module: str):
   return None
 
 
-def decoder_module_table(n_upconv: int = 4, scales: Sequence[int] = (0, 1, 2, 3)) -> dict[int, tuple]:
+def decoder_module_table(n_upconv: int = 4,
+                         scales: Sequence[int] = (0, 1, 2, 3)) -> dict[int, tuple]:
   """monodepth2's `decoder` module-list index -> ('upconv', level, j) | ('skip_proj', level) |
   ('dispconv', scale): levels n..0 each add upconv (i, 0), skip_proj (i) when i > 0 (an Identity
   without parameters, but it takes an index), upconv (i, 1); then one dispconv per scale, in the
@@ -435,7 +437,8 @@ def import_reference_sde(directory: str | os.PathLike, depth: int = 101, output_
                                    expected_decoder(design, enc_channels, scales)),
       'pose_encoder': lambda sd: (convert_resnet(sd, 'encoder', num_input_images=2),
                                   expected_resnet(pose_depth, 32, 2)),
-      'pose_decoder': lambda sd: (convert_pose_decoder(sd), expected_pose_decoder(pose_channels[-1])),
+      'pose_decoder': lambda sd: (convert_pose_decoder(sd),
+                                  expected_pose_decoder(pose_channels[-1])),
   }
   components, reports = {}, {}
   for name, job in jobs.items():

@@ -3,8 +3,8 @@ one.
 
 A weight import is only trusted when the converted tree matches the tree the Flax module creates
 (`expected`, e.g. from `jax.eval_shape(model.init, ...)`) key for key and shape for shape, and every
-source tensor was either used or deliberately ignored. `check_variables` builds the report and raises
-`WeightImportError` naming every offending key.
+source tensor was either used or deliberately ignored. `check_variables` builds the report and
+raises `WeightImportError` naming every offending key.
 """
 
 from __future__ import annotations
