@@ -1,25 +1,28 @@
 """Inference CLI: segmentation (and depth, for multi-task networks) of images, folders or videos.
 
-    python -m sdeseg_jax.predict --checkpoint W/segment/best --input IMAGES_FOLDERS_OR_VIDEOS --out DIR
+    python -m sdeseg_jax.predict --checkpoint W/segment/best --input IMAGE_FOLDER_OR_VIDEO \\
+        [--input ...] --out DIR
 
 Videos (.mp4, .avi, .mov, .mkv, .webm; decoded with imageio's bundled ffmpeg) give one set of
-outputs per frame, named <video>_<frame:06d>. For each image: <name>_seg.png (colourised classes), <name>_overlay.png (over the image),
-<name>_labelIds.png (Cityscapes label ids: the official result format, named after the input so
-cityscapesscripts and the benchmark server accept it) and, for multi-task networks,
-<name>_disparity.png. The network design comes from the segment run's config.json beside the
-checkpoint. Images are resized to the working resolution for inference and the predictions back
-to each image's own size (nearest for classes, bilinear for disparity).
+outputs per frame, named <video>_<frame:06d>. For each image: <name>_seg.png (colourised classes),
+<name>_overlay.png (over the image), <name>_labelIds.png (Cityscapes label ids: the official result
+format, named after the input so cityscapesscripts and the benchmark server accept it) and, for
+multi-task networks, <name>_disparity.png. The network design comes from the segment run's
+config.json beside the checkpoint. Images are resized to the working resolution for inference and
+the predictions back to each image's own size (nearest for classes, bilinear for disparity).
 """
 
 from __future__ import annotations
 
-import argparse
 import glob
 import itertools
 import json
 import os
 import sys
+from typing import Sequence
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -49,8 +52,8 @@ def run_config(checkpoint: str) -> ml_collections.ConfigDict:
   """The config of the segment run that wrote `checkpoint` (<run>/segment/{best,ckpt})."""
   path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), 'config.json')
   if not os.path.exists(path):
-    raise FileNotFoundError(f'{path}: no run config beside the checkpoint {checkpoint} (the segment '
-                            'stage writes it)')
+    raise FileNotFoundError(f'{path}: no run config beside the checkpoint {checkpoint} (the '
+                            'segment stage writes it)')
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -141,26 +144,37 @@ def write_outputs(out_dir: str, name: str, image: np.ndarray, prediction: dict,
         os.path.join(out_dir, f'{name}_disparity.png'))
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m sdeseg_jax.predict',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('--checkpoint', required=True, help='W/segment/best or W/segment/ckpt')
-  parser.add_argument('--input', required=True, nargs='+', help='images, videos and/or folders')
-  parser.add_argument('--out', required=True)
-  args = parser.parse_args(argv)
+def run(checkpoint: str, inputs: Sequence[str], out: str) -> int:
+  """The command on its flags' values: writes the outputs of every image and video frame of
+  `inputs` to `out` and prints a summary; 1 and `error: ...` on stderr for bad input."""
   try:
-    predictor = Predictor(args.checkpoint)
-    files = input_files(args.input)
+    predictor = Predictor(checkpoint)
+    files = input_files(inputs)
     count = 0
     for name, image in itertools.chain.from_iterable(frames(path) for path in files):
-      write_outputs(args.out, name, image, predictor(image), predictor.label_spec)
+      write_outputs(out, name, image, predictor(image), predictor.label_spec)
       count += 1
   except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1
-  print(f'wrote predictions of {count} images/frames from {len(files)} files to {args.out}')
+  print(f'wrote predictions of {count} images/frames from {len(files)} files to {out}')
   return 0
 
 
+def _define_flags() -> None:
+  """The command's flags, defined only when it runs (other entry points import this module)."""
+  flags.DEFINE_string('checkpoint', None, 'W/segment/best or W/segment/ckpt')
+  flags.DEFINE_multi_string('input', None, 'images, videos and/or folders')
+  flags.DEFINE_string('out', None, 'folder to write the outputs into')
+  flags.mark_flags_as_required(['checkpoint', 'input', 'out'])
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]} (each input needs its own --input)')
+  return run(flags.FLAGS.checkpoint, flags.FLAGS.input, flags.FLAGS.out)
+
+
 if __name__ == '__main__':
-  sys.exit(main())
+  _define_flags()
+  app.run(main)

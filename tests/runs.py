@@ -43,7 +43,8 @@ def assert_resumes_exactly(config, workdir: str, stage: str, interrupted_after: 
   removed (as if it had stopped there) and rerun; the final train states must be equal.
   config must checkpoint at interrupted_after and keep every checkpoint. Returns the straight
   run."""
-  straight, resumed = linked_run(workdir, 'straight'), linked_run(workdir, 'resumed')
+  straight, resumed = (linked_run(workdir, f'{stage}_straight'),
+                       linked_run(workdir, f'{stage}_resumed'))
   for run_dir in (straight, resumed):
     assert stages.run_stages(config, run_dir) == [stage]
   ckpt = os.path.join(resumed, stage, 'ckpt')

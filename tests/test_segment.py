@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -76,7 +78,7 @@ def _segment_run(workdir, name, **segment):
 def test_resume_from_the_last_checkpoint_is_exact(workdir):
   """Multi-task + DepthMix (student, mean teacher, BN statistics, optimiser state): a run resumed
   from its step-2 checkpoint ends exactly where an uninterrupted run does."""
-  config, _ = _segment_run(workdir, 'straight', num_steps=6, checkpoint_every=2,
+  config, _ = _segment_run(workdir, 'segment_resume', num_steps=6, checkpoint_every=2,
                            keep_checkpoints=5, eval_every=0)
   runs.assert_resumes_exactly(config, workdir, 'segment', interrupted_after=2)
 
@@ -110,7 +112,8 @@ def test_multitask_depthmix_from_depth_labels_without_online_depth(tmp_path):
                    depth=rng.uniform(0.05, 0.3, (b, h, w, 1)).astype(np.float32))
   probs = rng.dirichlet(np.ones(c), (b, h, w)).astype(np.float32)
   mix_inputs = segment.make_mixing(networks.build('mtl', config.model), config)
-  mixed, stats = jax.jit(mix_inputs)({}, probs, {}, mix_batch, jax.random.split(jax.random.key(0), 4))
+  mixed, stats = jax.jit(mix_inputs)({}, probs, {}, mix_batch,
+                                     segment.step_keys(jax.random.key(0)))
   low = mix_batch['depth'].min(axis=(1, 2, 3), keepdims=True)
   d = (mix_batch['depth'] - low) / (mix_batch['depth'].max(axis=(1, 2, 3), keepdims=True) - low)
   np.testing.assert_array_equal(mixed['mask'], (d >= np.roll(d, -1, 0) - 0.03).astype(np.float32))
@@ -128,8 +131,8 @@ def test_learning_rate_groups_reach_the_right_parameters(kind):
   labels = optim.parameter_paths(optim.group_labels(params, config.segment.optim.groups))
   rates = {name: g.lr for name, g in config.segment.optim.groups.items()}
   for path, group in labels.items():
-    expected = 'encoder' if path.startswith('encoder/') else 'pose' if path.startswith('pose/') else (
-        'decoder')
+    expected = ('encoder' if path.startswith('encoder/') else
+                'pose' if path.startswith('pose/') else 'decoder')
     assert group == expected, path
   assert rates == {'encoder': 1e-3, 'decoder': 1e-2, 'pose': 1e-6}
   if kind == 'mtl':  # the reference quirk: the depth decoder learns at the decoder rate
@@ -156,8 +159,8 @@ def test_predict_cli_and_official_export(workdir, tmp_path):
   from PIL import Image
   val = os.path.join(workdir, 'data', 'target', 'leftImg8bit', 'val')
   out = str(tmp_path / 'predictions')
-  assert predict.main(['--checkpoint', os.path.join(workdir, 'segment', 'best'),
-                       '--input', val, '--out', out]) == 0
+  best = os.path.join(workdir, 'segment', 'best')
+  assert predict.run(best, [val], out) == 0
   images = sorted(os.listdir(os.path.join(val, os.listdir(val)[0])))
   name = images[0].removesuffix('_leftImg8bit.png')
   allowed = set(cityscapes.LABEL_SPEC.id_to_train)
@@ -168,7 +171,7 @@ def test_predict_cli_and_official_export(workdir, tmp_path):
       assert result.size == size
   ids = np.asarray(Image.open(os.path.join(out, f'{name}_labelIds.png')))
   assert set(np.unique(ids)) <= allowed
-  assert predict.main(['--checkpoint', str(tmp_path / 'nothing'), '--input', val, '--out', out]) == 1
+  assert predict.run(str(tmp_path / 'nothing'), [val], out) == 1
 
   # A video: one set of outputs per frame, at the video's size.
   import imageio.v3 as iio
@@ -177,8 +180,7 @@ def test_predict_cli_and_official_export(workdir, tmp_path):
   video = str(tmp_path / 'drive.mp4')
   iio.imwrite(video, frames, plugin='FFMPEG', fps=5)
   video_out = str(tmp_path / 'video')
-  assert predict.main(['--checkpoint', os.path.join(workdir, 'segment', 'best'),
-                       '--input', video, '--out', video_out]) == 0
+  assert predict.run(best, [video], video_out) == 0
   written = sorted(os.listdir(video_out))
   assert [n for n in written if n.endswith('_seg.png')] == [
       f'drive_{i:06d}_seg.png' for i in range(len(frames))]
@@ -186,8 +188,15 @@ def test_predict_cli_and_official_export(workdir, tmp_path):
   with Image.open(os.path.join(video_out, last)) as result:
     assert result.size == size
   (tmp_path / 'clip.txt').write_text('not a video')
-  assert predict.main(['--checkpoint', os.path.join(workdir, 'segment', 'best'),
-                       '--input', str(tmp_path / 'clip.txt'), '--out', video_out]) == 1
+  assert predict.run(best, [str(tmp_path / 'clip.txt')], video_out) == 1
+  # The command line (absl flags are global: a process of its own): --input once per input.
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  command = subprocess.run(
+      [sys.executable, '-m', 'sdeseg_jax.predict', '--checkpoint', best, '--input', video,
+       '--input', str(tmp_path / 'clip.txt'), '--out', video_out], cwd=repo,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'), capture_output=True, text=True, timeout=300)
+  assert command.returncode == 1
+  assert f'error: {tmp_path / "clip.txt"}: not an image' in command.stderr
 
   config = _tiny()
   config.evaluate.export_splits = ('val',)

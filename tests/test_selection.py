@@ -387,12 +387,12 @@ def test_each_method_follows_its_rule(demo_run):
 def test_selection_resumes_at_the_next_step(demo_run, monkeypatch):
   _, workdir = demo_run
   longer = dict(sizes=(1, 2, 3), student_steps=(2, 2))
-  config, straight = _run_dir(workdir, 'straight', **longer)
+  config, straight = _run_dir(workdir, 'select_straight', **longer)
   assert stages.run_stages(config, straight) == ['select_labels']
   expected = json.load(open(os.path.join(straight, 'selection.json')))
 
   # Interrupted while training the student of step 2: steps 0 and 1 are on disk.
-  config, resumed = _run_dir(workdir, 'resumed', **longer)
+  config, resumed = _run_dir(workdir, 'select_resumed', **longer)
   trained_steps = []
   original = students.train_student
 
@@ -425,7 +425,7 @@ def test_selection_resumes_at_the_next_step(demo_run, monkeypatch):
     assert a == b, step
 
   # A schedule extended at its end continues; a changed step is refused.
-  config, extended = _run_dir(workdir, 'extended', sizes=(1, 2), student_steps=(2,))
+  config, extended = _run_dir(workdir, 'select_extended', sizes=(1, 2), student_steps=(2,))
   assert stages.run_stages(config, extended) == ['select_labels']
   config.select.update(longer)
   trained_steps.clear()
@@ -438,7 +438,7 @@ def test_selection_resumes_at_the_next_step(demo_run, monkeypatch):
 
 def test_cli_writes_the_list(demo_run, tmp_path):
   _, workdir = demo_run
-  _, run_dir = _run_dir(workdir, 'cli')
+  _, run_dir = _run_dir(workdir, 'select_cli')
   out = str(tmp_path / 'annotate' / 'list.json')
   command = [sys.executable, '-m', 'sdeseg_jax.select', '--config=configs/demo.py:tiny',
              f'--workdir={run_dir}', f'--out={out}', '--config.select.method=random',

@@ -1,7 +1,9 @@
-"""sdeseg_jax.stages: the registry and the rule that stages hand over only through artifacts."""
+"""sdeseg_jax.stages: the registry and the rule that stages hand over only through artifacts;
+and the repository's line length."""
 
 import ast
 import os
+import subprocess
 
 from sdeseg_jax import stages
 
@@ -78,3 +80,13 @@ def test_the_registry_lists_every_stage_module_in_method_order():
   assert registered == modules
   for stage in stages.STAGES.values():
     assert callable(stage.run)
+
+
+def test_no_source_line_is_longer_than_100_characters():
+  root = os.path.dirname(PACKAGE)
+  files = subprocess.run(['git', 'ls-files', '*.py'], cwd=root, capture_output=True, text=True,
+                         check=True).stdout.split()
+  long = [f'{name}:{number}' for name in files
+          for number, line in enumerate(open(os.path.join(root, name), encoding='utf-8'), 1)
+          if len(line.rstrip('\n')) > 100]
+  assert files and not long, long

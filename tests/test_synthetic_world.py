@@ -9,13 +9,14 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 import pytest
 
-from data_pipelines.synthetic import __main__ as cli
 from data_pipelines.synthetic import labels
 from data_pipelines.synthetic import load_groundtruth
 from data_pipelines.synthetic import render_world
@@ -447,13 +448,24 @@ def test_invalid_arguments(tmp_path, kwargs, message):
   assert not any(tmp_path.iterdir())
 
 
-def test_cli(tmp_path, capsys):
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  """python -m data_pipelines.synthetic (absl flags are global: each command its own process)."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, '-m', 'data_pipelines.synthetic', *args], cwd=repo,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_cli(tmp_path):
   out = tmp_path / 'cli'
-  assert cli.main(['--out', str(out), '--domain', 'city', '--layout', 'gta5', '--size', '32x16',
-                   '--sequences', '2', '--frames', '3', '--seed', '4']) == 0
-  assert json.loads(capsys.readouterr().out)['num_images'] == 2 + 2 * 3
+  result = _cli('--out', str(out), '--domain', 'city', '--layout', 'gta5', '--size', '32x16',
+                '--sequences', '2', '--frames', '3', '--seed', '4')
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout)['num_images'] == 2 + 2 * 3
   assert (out / 'sdeseg_synthetic.json').exists()
-  with pytest.raises(SystemExit) as exit_info:
-    cli.main(['--out', str(out), '--domain', 'town', '--layout', 'gta5'])
-  assert exit_info.value.code == 2
-  assert "invalid choice: 'town'" in capsys.readouterr().err
+  result = _cli('--out', str(out), '--domain', 'town', '--layout', 'gta5')
+  assert result.returncode == 1
+  assert '--domain=town' in result.stderr and 'city|game' in result.stderr
+  result = _cli('--out', str(out / 'other'), '--domain', 'city', '--layout', 'gta5', '--size',
+                '32by16')
+  assert result.returncode == 1
+  assert "error: --size must look like WIDTHxHEIGHT (e.g. 256x128), got '32by16'" in result.stderr

@@ -1,8 +1,11 @@
-"""Weight import: the torch reference networks, converted with our importers, give the Flax networks'
-outputs (float32, max abs error < 1e-4), and the load reports / CLI behave."""
+"""Weight import: the torch reference networks, converted with our importers, give the Flax
+networks' outputs (float32, max abs error < 1e-4), and the load reports / CLI behave."""
 
 import functools
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -181,10 +184,12 @@ def test_resnet_parity_train_mode_batch_statistics():
 
 def test_bn_running_var_update_matches_torch():
   # torch keeps the UNbiased batch variance (n / (n - 1)); for the ASPP image-pooling BN at batch 2
-  # that is twice the biased one, so this fails for flax.linen.BatchNorm (layers.BatchNorm fixes it).
+  # that is twice the biased one, so this fails for flax.linen.BatchNorm (layers.BatchNorm fixes
+  # it).
   features = random_features()
   net = randomize(tr.depth_decoder('dec6', R101_CHANNELS), features)
-  variables = checked(importers.convert_decoder(state_dict(net)), importers.expected_decoder('dec6'))
+  variables = checked(importers.convert_decoder(state_dict(net)),
+                      importers.expected_decoder('dec6'))
   net.train()
   with torch.no_grad():
     net(features)
@@ -228,7 +233,8 @@ def _decoder_outputs(design, features, **kwargs):
 def test_decoder_parity(design, output_stride, width):
   features = random_features(output_stride, width=width)
   net, want = _decoder_outputs(design, features)
-  variables = checked(importers.convert_decoder(state_dict(net)), importers.expected_decoder(design))
+  variables = checked(importers.convert_decoder(state_dict(net)),
+                      importers.expected_decoder(design))
   got = flax_apply(decoder_lib.Decoder(**decoder_lib.DECODERS[design]))(
       variables, [to_nhwc(f) for f in features])
   for i in range(5):
@@ -268,7 +274,8 @@ def test_padnet_parity_with_random_gates():
 
 
 def test_padnet_import_drops_reference_unused_segmentation_disparity_heads():
-  """The reference's PAD keeps its segmentation decoder's replaced disparity heads (5,188 weights)."""
+  """The reference's PAD keeps its segmentation decoder's replaced disparity heads (5,188
+  weights)."""
   net = tr.PAD(R101_CHANNELS, 19)
   sd = state_dict(net)
   unused = {f'seg_dec.decoder.{14 + s}.conv.{leaf}': np.zeros(shape, np.float32)
@@ -368,7 +375,8 @@ def test_reference_sde_import_round_trip(reference_sde):
 
 def test_merge_components_layout():
   leaf = {'kernel': np.zeros((1, 1, 2, 2), np.float32)}
-  components = {'encoder': {'params': {'conv1': leaf}, 'batch_stats': {'bn1': {'mean': np.zeros(2)}}},
+  components = {'encoder': {'params': {'conv1': leaf},
+                            'batch_stats': {'bn1': {'mean': np.zeros(2)}}},
                 'pose_decoder': {'params': {'squeeze': leaf}}}
   merged = importers.merge_components(components, {'pose_decoder': ('pose', 'pose_decoder')})
   assert merged['params']['pose']['pose_decoder']['squeeze'] is leaf
@@ -391,28 +399,37 @@ def _assert_same_trees(restored, expected):
     np.testing.assert_array_equal(np.asarray(got[key]), want[key], err_msg=key)
 
 
+def _convert_cli(*args: str) -> subprocess.CompletedProcess:
+  """python -m sdeseg_jax.weights.convert (absl flags are global: each command its own process)."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return subprocess.run([sys.executable, '-m', 'sdeseg_jax.weights.convert', *args], cwd=repo,
+                        capture_output=True, text=True, timeout=300)
+
+
 def test_convert_cli_torchvision(tmp_path, capsys):
   sd = tr.ResNet(18).state_dict()
   torch.save(sd, tmp_path / 'resnet18.pth')
   out = tmp_path / 'ckpt'
-  assert convert_lib.main(['--from', 'torchvision', '--src', str(tmp_path / 'resnet18.pth'),
-                           '--depth', '18', '--num_input_images', '2', '--out', str(out)]) == 0
+  assert convert_lib.run('torchvision', str(tmp_path / 'resnet18.pth'), str(out), depth=18,
+                         num_input_images=2) == 0
   assert 'OK' in capsys.readouterr().out
-  expected, _ = importers.import_torchvision_resnet(tmp_path / 'resnet18.pth', 18, num_input_images=2)
+  expected, _ = importers.import_torchvision_resnet(tmp_path / 'resnet18.pth', 18,
+                                                    num_input_images=2)
   _assert_same_trees(_restore(out), expected)
   assert expected['params']['conv1']['kernel'].shape == (7, 7, 6, 64)
-  # An existing checkpoint is kept unless --overwrite.
+  # An existing checkpoint is kept unless --overwrite (the command line, its flags as above).
   again = ['--from', 'torchvision', '--src', str(tmp_path / 'resnet18.pth'), '--depth', '18',
            '--out', str(out)]
-  assert convert_lib.main(again) == 1 and 'exists' in capsys.readouterr().err
-  assert convert_lib.main(again + ['--overwrite']) == 0
+  result = _convert_cli(*again)
+  assert result.returncode == 1 and 'exists' in result.stderr
+  result = _convert_cli(*again, '--overwrite')
+  assert result.returncode == 0, result.stderr[-2000:]
   _assert_same_trees(_restore(out), importers.import_torchvision_resnet(sd_numpy(sd), 18)[0])
 
 
 def test_convert_cli_reference_sde(reference_sde, tmp_path, capsys):
   out = tmp_path / 'sde'
-  assert convert_lib.main(['--from', 'reference_sde', '--src', str(reference_sde['folder']),
-                           '--out', str(out)]) == 0
+  assert convert_lib.run('reference_sde', str(reference_sde['folder']), str(out)) == 0
   printed = capsys.readouterr().out
   assert printed.count('OK') == 4 and 'use_stereo' in printed
   components, _ = importers.import_reference_sde(reference_sde['folder'])
@@ -425,10 +442,13 @@ def test_convert_cli_reports_a_bad_checkpoint(tmp_path, capsys):
   sd = tr.ResNet(18).state_dict()
   del sd['layer1.0.conv1.weight']
   torch.save(sd, tmp_path / 'bad.pth')
-  assert convert_lib.main(['--from', 'torchvision', '--src', str(tmp_path / 'bad.pth'),
-                           '--depth', '18', '--out', str(tmp_path / 'ckpt')]) == 1
+  assert convert_lib.run('torchvision', str(tmp_path / 'bad.pth'), str(tmp_path / 'ckpt'),
+                         depth=18) == 1
   assert 'params/layer1_0/conv1/kernel' in capsys.readouterr().err
   assert not (tmp_path / 'ckpt').exists()
+  missing = str(tmp_path / 'nosuch.pth')
+  assert convert_lib.run('torchvision', missing, str(tmp_path / 'ckpt'), depth=18) == 1
+  assert capsys.readouterr().err.strip() == f'--src {missing}: no such file or folder'
 
 
 def test_converted_reference_sde_initialises_sde_pretrain_and_segment(reference_sde, tmp_path):
@@ -442,8 +462,7 @@ def test_converted_reference_sde_initialises_sde_pretrain_and_segment(reference_
   from sdeseg_jax.stages import sde_pretrain
   from sdeseg_jax.stages import segment
   out = tmp_path / 'sde'
-  assert convert_lib.main(['--from', 'reference_sde', '--src', str(reference_sde['folder']),
-                           '--out', str(out)]) == 0
+  assert convert_lib.run('reference_sde', str(reference_sde['folder']), str(out)) == 0
   converted = report_lib.flatten(_restore(out))
   assert not any(k.startswith('batch_stats/pose_decoder') for k in converted)
 

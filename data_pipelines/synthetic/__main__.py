@@ -1,14 +1,16 @@
-"""Renders a synthetic world from the command line; prints the summary as JSON.
+"""Renders a procedural street world in a real dataset's layout; prints the summary as JSON.
 
-    python -m data_pipelines.synthetic --out DIR --domain city --layout cityscapes \
+    python -m data_pipelines.synthetic --out DIR --domain city --layout cityscapes \\
         --size 256x128 --sequences 8 --frames 5 --seed 0
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+
+from absl import app
+from absl import flags
 
 from data_pipelines.synthetic.layouts import LAYOUTS
 from data_pipelines.synthetic.scene import DOMAINS
@@ -20,84 +22,60 @@ def _size(text: str) -> tuple[int, int]:
   try:
     width, height = (int(v) for v in text.lower().split('x'))
   except ValueError:
-    raise argparse.ArgumentTypeError(
-        f'size must look like WIDTHxHEIGHT (e.g. 256x128), got {text!r}') from None
+    raise ValueError(f'--size must look like WIDTHxHEIGHT (e.g. 256x128), got {text!r}') from None
   if width < 1 or height < 1:
-    raise argparse.ArgumentTypeError(f'size must be positive, got {text!r}')
+    raise ValueError(f'--size must be positive, got {text!r}')
   return width, height
-
-
-def _count(minimum: int):
-  """An argparse type: an integer >= minimum."""
-  def parse(text: str) -> int:
-    try:
-      value = int(text)
-    except ValueError:
-      raise argparse.ArgumentTypeError(f'expected an integer, got {text!r}') from None
-    if value < minimum:
-      raise argparse.ArgumentTypeError(f'must be >= {minimum}, got {value}')
-    return value
-  return parse
-
-
-def _fraction(text: str) -> float:
-  try:
-    value = float(text)
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'expected a number, got {text!r}') from None
-  if not 0.0 <= value < 1.0:
-    raise argparse.ArgumentTypeError(f'must be in [0, 1), got {value}')
-  return value
 
 
 def _scene_param(text: str) -> tuple[str, object]:
   """'name=value' with a JSON value (a number, true or false)."""
   name, sep, value = text.partition('=')
   if not sep:
-    raise argparse.ArgumentTypeError(f'expected NAME=VALUE, got {text!r}')
+    raise ValueError(f'--scene_param: expected NAME=VALUE, got {text!r}')
   try:
     return name, json.loads(value)
   except json.JSONDecodeError:
-    raise argparse.ArgumentTypeError(
-        f'value of {name} must be a number, true or false, got {value!r}') from None
+    raise ValueError(f'--scene_param: value of {name} must be a number, true or false, got '
+                     f'{value!r}') from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-      prog='python -m data_pipelines.synthetic',
-      description="Render a procedural street world in a real dataset's on-disk layout.")
-  parser.add_argument('--out', required=True, help='dataset root to write')
-  parser.add_argument('--domain', required=True, choices=DOMAINS, help='appearance and geometry')
-  parser.add_argument('--layout', required=True, choices=LAYOUTS, help='on-disk dataset layout')
-  parser.add_argument('--size', type=_size, default=(256, 128), help='WxH of images (256x128)')
-  parser.add_argument('--sequences', type=_count(1), default=8, help='number of snippets (8)')
-  parser.add_argument('--frames', type=_count(1), default=5, help='frames per snippet (5)')
-  parser.add_argument('--seed', type=_count(0), default=0, help='world seed (0)')
-  parser.add_argument('--val_fraction', '--val-fraction', type=_fraction, default=0.2,
-                      help='fraction of snippets held out (0.2)')
-  parser.add_argument('--static', action='store_true', help='no moving objects')
-  parser.add_argument('--num_workers', '--num-workers', type=_count(0), default=0,
-                      help='parallel processes (0: render in this process)')
-  parser.add_argument('--scene_param', '--scene-param', type=_scene_param, action='append',
-                      default=[], metavar='NAME=VALUE',
-                      help='override a SceneParams field, e.g. bus_probability=0.5 (repeatable)')
-  return parser
+def _define_flags() -> None:
+  """The command's flags, defined only when it runs (the tests import this module)."""
+  flags.DEFINE_string('out', None, 'dataset root to write')
+  flags.DEFINE_enum('domain', None, DOMAINS, 'appearance and geometry')
+  flags.DEFINE_enum('layout', None, LAYOUTS, 'on-disk dataset layout')
+  flags.mark_flags_as_required(['out', 'domain', 'layout'])
+  flags.DEFINE_string('size', '256x128', 'WIDTHxHEIGHT of the images')
+  flags.DEFINE_integer('sequences', 8, 'number of snippets', lower_bound=1)
+  flags.DEFINE_integer('frames', 5, 'frames per snippet', lower_bound=1)
+  flags.DEFINE_integer('seed', 0, 'world seed', lower_bound=0)
+  flags.DEFINE_float('val_fraction', 0.2, 'fraction of snippets held out, in [0, 1)',
+                     lower_bound=0.0)
+  flags.register_validator('val_fraction', lambda v: v < 1.0, '--val_fraction must be < 1')
+  flags.DEFINE_boolean('static', False, 'no moving objects')
+  flags.DEFINE_integer('num_workers', 0, 'parallel processes (0: render in this process)',
+                       lower_bound=0)
+  flags.DEFINE_multi_string('scene_param', [], 'NAME=VALUE: override a SceneParams field, e.g. '
+                            'bus_probability=0.5 (repeatable)')
 
 
-def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
   try:
     summary = render_world(
-        args.out, domain=args.domain, layout=args.layout, size=args.size,
-        sequences=args.sequences, frames=args.frames, seed=args.seed,
-        val_fraction=args.val_fraction, moving_objects=not args.static,
-        num_workers=args.num_workers, scene_params=dict(args.scene_param))
+        f.out, domain=f.domain, layout=f.layout, size=_size(f.size), sequences=f.sequences,
+        frames=f.frames, seed=f.seed, val_fraction=f.val_fraction, moving_objects=not f.static,
+        num_workers=f.num_workers, scene_params=dict(_scene_param(p) for p in f.scene_param))
   except (ValueError, FileExistsError) as error:
     print(f'error: {error}', file=sys.stderr)
-    return 2
+    return 1
   print(json.dumps(summary, indent=1))
   return 0
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  _define_flags()
+  app.run(main)

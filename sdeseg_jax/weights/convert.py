@@ -16,10 +16,11 @@ The load report is printed; any missing / unexpected / mis-shaped key aborts the
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Sequence
+
+from absl import app
+from absl import flags
 
 from sdeseg_jax.weights import importers
 from sdeseg_jax.weights import report as report_lib
@@ -40,46 +41,59 @@ def convert(source: str, src: str, depth: int = 101, output_stride: int | None =
   raise ValueError(f'--from {source}: expected torchvision or reference_sde')
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog='python -m sdeseg_jax.weights.convert',
-                                   description=__doc__.split('\n\n')[0])
-  parser.add_argument('--from', dest='source', required=True,
-                      choices=['torchvision', 'reference_sde'])
-  parser.add_argument('--src', required=True,
-                      help='torchvision: the .pth file; reference_sde: the folder with encoder.pth, '
-                           'depth.pth, pose_encoder.pth, pose.pth')
-  parser.add_argument('--out', required=True, help='checkpoint directory to create')
-  parser.add_argument('--depth', type=int, default=101, choices=[18, 34, 50, 101],
-                      help='ResNet depth (the depth encoder for reference_sde)')
-  parser.add_argument('--output_stride', type=int, default=None, choices=[8, 16, 32],
-                      help='encoder output stride (default: 32 torchvision, 16 reference_sde)')
-  parser.add_argument('--num_input_images', type=int, default=1,
-                      help='torchvision: frames stacked in conv1 (2 for the pose encoder)')
-  parser.add_argument('--decoder', default='dec6', choices=['dec6', 'dec9', 'dec11'],
-                      help='reference_sde: depth decoder design (dec11 with --output_stride 32 for '
-                           'the SSDA source-domain SDE)')
-  parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
-  return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  args = parse_args(argv)
-  if os.path.exists(args.out) and not args.overwrite:
-    print(f'{args.out} exists (pass --overwrite to replace it)', file=sys.stderr)
+def run(source: str, src: str, out: str, depth: int = 101, output_stride: int | None = None,
+        num_input_images: int = 1, decoder: str = 'dec6', overwrite: bool = False) -> int:
+  """The command on its flags' values: converts, prints the load reports and writes the checkpoint
+  `out`; 1 with the reason on stderr when `out` exists (and not `overwrite`) or the import fails."""
+  if os.path.exists(out) and not overwrite:
+    print(f'{out} exists (pass --overwrite to replace it)', file=sys.stderr)
+    return 1
+  if not os.path.exists(src):
+    print(f'--src {src}: no such file or folder', file=sys.stderr)
     return 1
   try:
-    tree, reports = convert(args.source, args.src, args.depth, args.output_stride,
-                            args.num_input_images, args.decoder)
+    tree, reports = convert(source, src, depth, output_stride, num_input_images, decoder)
   except report_lib.WeightImportError as e:
     print(e, file=sys.stderr)
     return 1
   for report in reports:
     print(report.describe())
   from sdeseg_jax.training import checkpointing  # Orbax lives there
-  path = checkpointing.write_tree(args.out, tree, overwrite=args.overwrite)
+  path = checkpointing.write_tree(out, tree, overwrite=overwrite)
   print(f'wrote {path}')
   return 0
 
 
+def _define_flags() -> None:
+  """The command's flags, defined only when it runs (tests and tools import this module)."""
+  flags.DEFINE_enum('from', None, ['torchvision', 'reference_sde'], 'format of --src')
+  flags.DEFINE_string('src', None, 'torchvision: the .pth file; reference_sde: the folder with '
+                      'encoder.pth, depth.pth, pose_encoder.pth, pose.pth')
+  flags.DEFINE_string('out', None, 'checkpoint directory to create')
+  flags.mark_flags_as_required(['from', 'src', 'out'])
+  flags.DEFINE_integer('depth', 101, 'ResNet depth (the depth encoder for reference_sde)')
+  flags.register_validator('depth', lambda depth: depth in (18, 34, 50, 101),
+                           'must be one of 18, 34, 50, 101')
+  flags.DEFINE_integer('output_stride', None,
+                       'encoder output stride (default: 32 torchvision, 16 reference_sde)')
+  flags.register_validator('output_stride', lambda stride: stride in (None, 8, 16, 32),
+                           'must be one of 8, 16, 32')
+  flags.DEFINE_integer('num_input_images', 1,
+                       'torchvision: frames stacked in conv1 (2 for the pose encoder)')
+  flags.DEFINE_enum('decoder', 'dec6', ['dec6', 'dec9', 'dec11'],
+                    'reference_sde: depth decoder design (dec11 with --output_stride 32 for the '
+                    'SSDA source-domain SDE)')
+  flags.DEFINE_boolean('overwrite', False, 'replace an existing --out')
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  return run(f['from'].value, f.src, f.out, f.depth, f.output_stride, f.num_input_images,
+             f.decoder, f.overwrite)
+
+
 if __name__ == '__main__':
-  sys.exit(main())
+  _define_flags()
+  app.run(main)
