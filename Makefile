@@ -27,10 +27,10 @@ demo: install
 	$(PY) -m sdeseg_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
 
 test: install
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/test_multihost.py
+	$(PY) -m pytest -q -n 2 tests --ignore=tests/test_distributed.py
 	# Two JAX processes joined by gloo collectives run alone: beside other tests the 2 cores starve
 	# gloo's 30 s context set-up.
-	$(PY) -m pytest -q tests/test_multihost.py
+	$(PY) -m pytest -q tests/test_distributed.py
 
 benchmark: install
 	$(PY) -m benchmarks.run_all

@@ -53,10 +53,10 @@ echo "== tests ($(date +%T))"
 tests_status=0
 "$py" -m pytest -q -p no:cacheprovider --junitxml="$out/junit.xml" \
     tests/test_ops.py tests/test_ops_segmentation.py tests/test_models.py \
-    tests/test_memory_switches.py tests/test_training.py \
-    tests/test_sde.py::test_resume_after_sigterm_is_exact \
+    tests/test_training.py \
+    tests/test_sde_pretrain.py::test_resume_after_sigterm_is_exact \
     tests/test_segment.py::test_resume_from_the_last_checkpoint_is_exact \
-    tests/test_ssda.py::test_ssda_run_resumes_exactly \
+    tests/test_segment_ssda.py::test_ssda_run_resumes_exactly \
     2>&1 | tee "$out/tests.log" || tests_status=$?
 
 echo "== benchmark rows ($(date +%T), budget ${budget_s} s from the start)"
