@@ -50,10 +50,37 @@ def exit_status():
     sys.exit(f'FATAL {type(e).__name__}: {e}')
 
 
+def _one_line(error: BaseException) -> str:
+  """What `error` says is wrong, on one line. ml_collections wraps a misspelt key as
+  AttributeError(KeyError("'key'\\nDid you mean ...")): the first KeyError's text is the message."""
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  keys = [item for item in chain if isinstance(item, KeyError) and item.args]
+  message = str(keys[0].args[0]) if keys else str(chain[-1])  # the innermost, not a wrapper
+  outer = str(chain[0])
+  if isinstance(chain[0], flags.Error) and outer.startswith('flag --') and len(chain) > 1:
+    message = f'{outer.split(": ", 1)[0]}: {message}'  # which flag
+  return ' '.join(message.split())
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """Exits with one line when --config names a file that is not there (ml_collections would print
+  two chained tracebacks)."""
+  for arg in argv[1:]:
+    if arg.startswith('--config='):
+      path = arg[len('--config='):].partition(':')[0]
+      if not os.path.isfile(path):
+        sys.exit(f'FATAL invalid flag, config or override: --config={path}: no such config file '
+                 f'(relative to {os.getcwd()})')
+
+
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, with a bad config override reported in one line instead of a traceback."""
+  """absl flag parsing, with a bad flag, config file or config override reported in one line
+  instead of a traceback (status 1)."""
+  _check_config_file(argv)
   try:
     return flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    sys.exit(f'FATAL invalid flag, config or override: {message}')
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as e:
+    sys.exit(f'FATAL invalid flag, config or override: {_one_line(e)}')

@@ -160,3 +160,20 @@ def test_main_reports_bad_input_in_one_line(tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-2000:]
     assert 'Traceback' not in result.stderr
+
+
+def test_bad_flags_config_files_and_overrides_end_in_one_line(tmp_path):
+  for args, message in (
+      (['--config=configs/nosuch.py'],
+       '--config=configs/nosuch.py: no such config file'),
+      (['--config=configs/demo.py:huge'],
+       "flag --config=configs/demo.py:huge: configs/demo.py: unknown variant(s) ['huge']"),
+      (['--config=configs/demo.py:tiny', '--config.sde.num_step=3'],
+       '\'num_step\' Did you mean "num_steps" instead of "num_step"?'),
+      (['--config=configs/demo.py:tiny', '--config.sde.num_steps=abc'],
+       'flag --config.sde.num_steps=abc: invalid literal for int()')):
+    result = _main(*args, f'--workdir={tmp_path}/w')
+    assert result.returncode == 1, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        'FATAL invalid flag, config or override: ' + message), result.stderr[-2000:]

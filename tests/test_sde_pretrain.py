@@ -13,8 +13,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import demo
-from sdeseg_jax import stages
 from sdeseg_jax.stages import sde_pretrain
 from sdeseg_jax.training import checkpointing
 from tests import runs
@@ -30,13 +28,10 @@ def _tiny(**sde):
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp('sde'))
-  config = _tiny()
-  config.stages = 'data,sde_pretrain,depth_labels'
-  config.lock()
-  assert stages.run_stages(config, workdir) == ['data', 'sde_pretrain', 'depth_labels']
-  return config, workdir
+def trained(tiny_demo):
+  """The tiny demo's data, SDE and depth labels (the stages data, sde_pretrain, depth_labels of
+  the demo config, shared with the other stage tests)."""
+  return tiny_demo
 
 
 def test_sde_trains_evaluates_and_writes_depth_labels(trained):
