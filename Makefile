@@ -13,7 +13,7 @@ ifeq ($(wildcard /dev/nvidia0 /dev/accel0 /dev/vfio/0),)
 export JAX_PLATFORMS ?= cpu
 endif
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test test-fast benchmark clean
 
 install: $(STAMP)
 
@@ -27,10 +27,15 @@ demo: install
 	$(PY) -m sdeseg_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
 
 test: install
-	$(PY) -m pytest -q -n 2 tests --ignore=tests/test_distributed.py
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/test_distributed.py
 	# Two JAX processes joined by gloo collectives run alone: beside other tests the 2 cores starve
 	# gloo's 30 s context set-up.
 	$(PY) -m pytest -q tests/test_distributed.py
+
+# The maintainer's loop: ops, models, configs and pure functions, without the tests marked slow
+# (stage runs, subprocesses, full-size compiles).
+test-fast: install
+	$(PY) -m pytest -q -n 2 -m "not slow" tests --ignore=tests/test_distributed.py
 
 benchmark: install
 	$(PY) -m benchmarks.run_all

@@ -37,3 +37,20 @@ def tiny_demo(tmp_path_factory):
   assert names == ['data', 'sde_pretrain', 'depth_labels', 'select_labels', 'segment', 'evaluate']
   assert all(os.path.exists(artifacts.done_marker(workdir, name)) for name in names)
   return config, workdir
+
+
+def pytest_collection_modifyitems(items):
+  """Under pytest-xdist's --dist loadgroup, the tests that read one expensive run go to one worker:
+  those of the shared tiny demo together (all slow: make test-fast leaves them out), and those of
+  a module-scoped run with their module (otherwise each worker that gets one of them would build
+  the run again)."""
+  for item in items:
+    if 'tiny_demo' in item.fixturenames:
+      item.add_marker(pytest.mark.xdist_group('tiny_demo'))
+      item.add_marker(pytest.mark.slow)
+      continue
+    definitions = getattr(item, '_fixtureinfo', None)
+    scoped = [name for name, defs in (definitions.name2fixturedefs.items() if definitions else ())
+              if defs and defs[-1].scope == 'module']
+    if scoped:
+      item.add_marker(pytest.mark.xdist_group(item.module.__name__))

@@ -16,6 +16,7 @@ from sdeseg_jax.stages import evaluate
 from tests import runs
 
 
+@pytest.mark.slow
 def test_official_pixel_level_evaluation_agrees(tiny_demo, tmp_path):
   _, workdir = tiny_demo
   run_dir = runs.linked_run(workdir, 'official', links=('data', 'depth', 'raw', 'segment'))

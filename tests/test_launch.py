@@ -263,6 +263,7 @@ def test_collect_errors_are_named(tmp_path):
   assert f'{run}/eval.json: no "miou"' in result.stderr
 
 
+@pytest.mark.slow
 def test_sweep_local_runs_each_run_once(tmp_path):
   """Two real runs of the data stage (the tiny synthetic world), then a rerun that skips both."""
   config = tmp_path / 'two_seeds.py'

@@ -132,6 +132,7 @@ def _main(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_main_cli_overrides_and_unknown_keys(tmp_path):
   raw = fixtures.write_cityscapes(str(tmp_path / 'raw'))
   result = _main('--config=configs/base.py', f'--workdir={tmp_path}/w',
@@ -145,6 +146,7 @@ def test_main_cli_overrides_and_unknown_keys(tmp_path):
   assert 'trget' in result.stderr
 
 
+@pytest.mark.slow
 def test_main_reports_bad_input_in_one_line(tmp_path):
   """A config that cannot work and a data set that is not there end the run with status 1 and the
   message, not a traceback."""
@@ -162,6 +164,7 @@ def test_main_reports_bad_input_in_one_line(tmp_path):
     assert 'Traceback' not in result.stderr
 
 
+@pytest.mark.slow
 def test_bad_flags_config_files_and_overrides_end_in_one_line(tmp_path):
   for args, message in (
       (['--config=configs/nosuch.py'],

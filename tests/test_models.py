@@ -65,6 +65,7 @@ def test_batch_norm_statistics_are_counted_apart():
   assert stats == 2 * scales
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('height,width', [(512, 512), (512, 1024)])
 def test_output_shapes(height, width):
   config = base.get_config()
@@ -95,6 +96,7 @@ def test_output_shapes(height, width):
   assert shapes['sde']['levels'][3].shape == (2, height // 8, width // 8, 256)
 
 
+@pytest.mark.slow
 def test_multitask_network_without_side_output():
   """side_output=False drops exactly the side head: no side_classifier parameters, no side_logits,
   the same final logits from the same remaining parameters, and a supervised loss of the final
@@ -123,6 +125,7 @@ def test_multitask_network_without_side_output():
                              (final_ce + segmentation.cross_entropy(side, labels)) / 2, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_multitask_network_without_distillation():
   """distillation=False drops exactly the two distillation modules, and the decoders then share only
   the encoder: changing the depth decoder leaves the segmentation logits unchanged and changing the
@@ -157,6 +160,7 @@ def test_multitask_network_without_distillation():
       np.testing.assert_array_equal(out['disp'][s], disp_moved[s])
 
 
+@pytest.mark.slow
 def test_multitask_network_with_projected_head():
   """projected_head=True replaces PAD-Net's classifier by the transfer network's head (its own
   parameters, same design): the logits are that head applied to the segmentation decoder's level-0
@@ -191,6 +195,7 @@ def _tiny(kind='mtl', dtype='float32'):
   return networks.build(kind, model)
 
 
+@pytest.mark.slow
 def test_tiny_network_trains_batch_norm_and_keeps_float32_state():
   network = _tiny('mtl')
   frames = jax.random.uniform(KEY, (2, 3, 64, 64, 3))
@@ -208,6 +213,7 @@ def test_tiny_network_trains_batch_norm_and_keeps_float32_state():
   np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
   image = jax.random.uniform(KEY, (2, 64, 64, 3))
   f32, bf16 = _tiny('transfer'), _tiny('transfer', 'bfloat16')
@@ -223,6 +229,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
   assert 0 < error < 0.1 * float(jnp.max(jnp.abs(out32)))
 
 
+@pytest.mark.slow
 def test_distillation_gate_starts_at_zero():
   params = networks.init_variables('mtl', base.make_tiny(base.get_config().model), KEY)['params']
   for name in ('distill_depth_to_seg', 'distill_seg_to_depth'):
@@ -310,6 +317,7 @@ def test_cpu_convolution_switch(monkeypatch):
 
 # Rematerialised encoder blocks (config model.encoder.remat) change memory, not results.
 
+@pytest.mark.slow
 @pytest.mark.parametrize('depth,output_stride', [(18, 32), (50, 16)])
 def test_remat_gives_identical_gradients_and_statistics(depth, output_stride):
   x = jax.random.uniform(jax.random.key(1), (2, 32, 32, 3))

@@ -482,6 +482,7 @@ def _torch_sde(disps, frames, k, pose_prev, pose_next):
                         tuple(map(t64, pose_prev)), tuple(map(t64, pose_next)))
 
 
+@pytest.mark.slow
 def test_sde_loss_matches_torch_monodepth2():
   disps, frames, k, pose_prev, pose_next = _sde_inputs(13)
   loss, aux = jax.jit(ops.sde_loss)(disps, frames, k, pose_prev, pose_next, None)
@@ -497,6 +498,7 @@ def test_sde_loss_matches_torch_monodepth2():
   assert_close(aux['depth'], nhwc(ref_depth))
 
 
+@pytest.mark.slow
 def test_sde_loss_noise_is_tiny_and_deterministic_per_key():
   disps, frames, k, pose_prev, pose_next = _sde_inputs(14)
   loss_fn = jax.jit(ops.sde_loss)
@@ -512,6 +514,7 @@ def test_sde_loss_noise_is_tiny_and_deterministic_per_key():
   assert float(zero_std) == float(plain)
 
 
+@pytest.mark.slow
 def test_sde_loss_gradients_are_finite_and_nonzero():
   disps, frames, k, pose_prev, pose_next = _sde_inputs(15)
 

@@ -502,6 +502,7 @@ def test_gaussian_blur_matches_torch_reflect_conv():
     ops.gaussian_blur(big, 0.7, kernel_size=(4, 5))
 
 
+@pytest.mark.slow
 def test_strong_augment_composes_the_adjustments_in_the_drawn_order():
   rng = np.random.default_rng(12)
   images = rng.uniform(0, 1, (2, 32, 36, 3)).astype(np.float32)
@@ -521,6 +522,7 @@ def test_strong_augment_composes_the_adjustments_in_the_drawn_order():
   np.testing.assert_array_equal(ops.apply_strong_augment(images, off), images)
 
 
+@pytest.mark.slow
 def test_strong_augment_range_determinism_and_gates():
   rng = np.random.default_rng(13)
   images = rng.uniform(0, 1, (2, 32, 32, 3)).astype(np.float32)

@@ -240,6 +240,7 @@ def test_sde_without_color_jitter(reader):
   np.testing.assert_array_equal(batch['frames_aug'], batch['frames'])
 
 
+@pytest.mark.slow
 def test_sde_deterministic_resumable_and_seeded(reader):
   triplets = reader.sequences('train')
   first = _collect(_sde(triplets, seed=5, num_steps=5))

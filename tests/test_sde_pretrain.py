@@ -34,6 +34,7 @@ def trained(tiny_demo):
   return tiny_demo
 
 
+@pytest.mark.slow
 def test_sde_trains_evaluates_and_writes_depth_labels(trained):
   config, workdir = trained
   evaluation = json.load(open(os.path.join(workdir, 'sde', 'eval.json')))
@@ -51,6 +52,7 @@ def test_sde_trains_evaluates_and_writes_depth_labels(trained):
   assert 0 < disparity.min() <= disparity.max() < 1
 
 
+@pytest.mark.slow
 def test_missing_init_checkpoint_is_named(tmp_path):
   config = _tiny()
   config.sde.init.sde = str(tmp_path / 'no_such_checkpoint')
@@ -78,6 +80,7 @@ def _main(workdir, *overrides):
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_resume_after_sigterm_is_exact(tmp_path):
   steps = ['--config.sde.num_steps=30', '--config.sde.checkpoint_every=2',
            '--config.sde.eval_every=0', '--config.sde.images_every=0']
@@ -141,6 +144,7 @@ SHARDING_SCRIPT = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.slow
 def test_eight_device_step_equals_one_device_step():
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
              TF_CPP_MIN_LOG_LEVEL='3', JAX_COMPILATION_CACHE_DIR=CACHE)

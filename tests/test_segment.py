@@ -27,6 +27,7 @@ def workdir(tiny_demo):
   return tiny_demo[1]
 
 
+@pytest.mark.slow
 def test_multitask_depthmix_trains_and_evaluates(workdir):
   report = json.load(open(os.path.join(workdir, 'eval.json')))
   assert 0 <= report['miou'] <= 1 and len(report['iou']) == 19
@@ -57,6 +58,7 @@ def test_comparison_reads_the_evaluation_curve(workdir):
   assert comparison.best_so_far(curve) == {2: curve[2], 4: max(curve.values())}
 
 
+@pytest.mark.slow
 def test_transfer_with_depth_labels_runs_every_mix(workdir):
   # Reuses the tiny SDE and depth labels; one short run per mixing strategy of the transfer net.
   for mix in ('depthmix', 'classmix', 'pseudo', 'none'):
@@ -75,6 +77,7 @@ def _segment_run(workdir, name, **segment):
   return config, runs.linked_run(workdir, name)
 
 
+@pytest.mark.slow
 def test_resume_from_the_last_checkpoint_is_exact(workdir):
   """Multi-task + DepthMix (student, mean teacher, BN statistics, optimiser state): a run resumed
   from its step-2 checkpoint ends exactly where an uninterrupted run does."""
@@ -152,6 +155,7 @@ def test_ssl_cityscapes_variants_name_the_table_rows():
     ssl_cityscapes.get_config('lables=3')
 
 
+@pytest.mark.slow
 def test_predict_cli_and_official_export(workdir, tmp_path):
   from sdeseg_jax import predict
   from sdeseg_jax.stages import evaluate

@@ -190,6 +190,7 @@ def _run(workdir, name):
   return config, runs.linked_run(workdir, name)
 
 
+@pytest.mark.slow
 def test_source_sde_and_both_depth_labels(workdir):
   for role in ('target', 'source'):
     files = os.listdir(os.path.join(workdir, 'depth', role))
@@ -202,6 +203,7 @@ def test_source_sde_and_both_depth_labels(workdir):
   assert set(json.load(open(os.path.join(workdir, 'sde_source', 'eval.json')))) >= {'abs_rel'}
 
 
+@pytest.mark.slow
 def test_batch_composition_of_a_training_step(workdir):
   config, run_dir = _run(workdir, 'composition')
   cross = config.segment.source
@@ -214,6 +216,7 @@ def test_batch_composition_of_a_training_step(workdir):
   assert 'frames' not in batch and batch['labeled'].all()
 
 
+@pytest.mark.slow
 def test_ssda_run_resumes_exactly(workdir):
   """Source + Cross- and Target-Domain DepthMix + Matching Geometry under multi-task: a run
   resumed from its step-2 checkpoint ends where an uninterrupted one does."""

@@ -243,15 +243,19 @@ def test_config_errors_name_the_key():
 
 
 def test_the_sde_a_selection_reads_is_required_before_any_stage_runs(tmp_path):
-  """ds_us reads the SDE for its features and, while the depth labels are missing, for the
-  depth student's teacher: both are the sde_pretrain stage's, unless select.sde_checkpoint names
-  the features' SDE."""
+  """ds_us reads the SDE for its features (the sde_pretrain stage's, unless select.sde_checkpoint
+  names one) and the depth_labels stage's depth labels for the depth student's teacher."""
   config, workdir = demo.get_config('tiny'), str(tmp_path)
   config.select.method = 'ds_us'
   with pytest.raises(ValueError, match=r"method='ds_us' \(initial='diversity'\), for the SDE "
                                        'features reads .*sde/ckpt, which does not exist'):
     stages.check_inputs('select_labels', config, workdir)
-  stages.check_inputs('select_labels', config, workdir, earlier=('data', 'sde_pretrain'))
+  with pytest.raises(ValueError, match='for the depth labels its student learns from reads '
+                                       '.*depth/target, which does not exist: run the '
+                                       'depth_labels stage first'):
+    stages.check_inputs('select_labels', config, workdir, earlier=('data', 'sde_pretrain'))
+  stages.check_inputs('select_labels', config, workdir,
+                      earlier=('data', 'sde_pretrain', 'depth_labels'))
   config.select.sde_checkpoint = str(tmp_path / 'features_sde')
   os.makedirs(config.select.sde_checkpoint)
   with pytest.raises(ValueError, match='for the depth labels its student learns from reads'):
@@ -340,6 +344,7 @@ def test_demo_selects_then_segments_with_the_selection(demo_run):
   assert os.path.exists(os.path.join(workdir, 'eval.json'))
 
 
+@pytest.mark.slow
 def test_each_method_follows_its_rule(demo_run):
   _, workdir = demo_run
   train = _train_ids(workdir)
@@ -384,6 +389,7 @@ def test_each_method_follows_its_rule(demo_run):
   assert 0 < entropy_step['chosen'][0]['error'] <= 1           # mean normalised entropy
 
 
+@pytest.mark.slow
 def test_selection_resumes_at_the_next_step(demo_run, monkeypatch):
   _, workdir = demo_run
   longer = dict(sizes=(1, 2, 3), student_steps=(2, 2))
@@ -436,6 +442,7 @@ def test_selection_resumes_at_the_next_step(demo_run, monkeypatch):
     schedule.select(config, extended)
 
 
+@pytest.mark.slow
 def test_cli_writes_the_list(demo_run, tmp_path):
   _, workdir = demo_run
   _, run_dir = _run_dir(workdir, 'select_cli')

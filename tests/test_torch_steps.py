@@ -28,6 +28,7 @@ def _changed_fraction(before: list[torch.Tensor], module: torch.nn.Module) -> fl
   return sum(not torch.equal(a, b) for a, b in zip(before, after)) / len(after)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(torch_steps.WORKLOADS))
 def test_workload_runs_one_step(name):
   work = torch_steps.build(name, 2, SIZE, SIZE, CPU)

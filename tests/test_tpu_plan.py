@@ -32,6 +32,7 @@ def exported_step(stage: str, platforms, width=512, height=512):
   return jax.export.export(workload.jit(mesh), platforms=platforms)(state, batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('stage', sorted(train_step.STAGES))
 def test_every_step_lowers_for_cuda_and_tpu(stage, monkeypatch):
   # The CPU-only convolution must stay on the CPU: with it switched on, the GPU and TPU lowering
@@ -54,6 +55,7 @@ def test_cpu_lowering_takes_the_im2col_switch(monkeypatch):
   assert 'stablehlo.convolution' not in module
 
 
+@pytest.mark.slow
 def test_tiny_step_compiles_for_a_v5e_slice():
   report = tpu_plan.plan(topology='v5e:2x2', stage='segment:transfer',
                          config=tiny_config('segment:transfer'), batch_per_chip=1, width=64,

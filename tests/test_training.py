@@ -208,6 +208,7 @@ def _accumulating_optim_config(accumulate_steps: int) -> ml_collections.ConfigDi
                            clip_norm=0.5, accumulate_steps=accumulate_steps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('k', [2, 4])
 def test_accumulated_micro_batches_equal_one_big_batch(k):
   rng = np.random.default_rng(0)
@@ -222,7 +223,8 @@ def test_accumulated_micro_batches_equal_one_big_batch(k):
 
   def new_state(accumulate):
     return train_state.TrainState.create(
-        params=params, batch_stats={}, tx=optim.build(_accumulating_optim_config(accumulate), params),
+        params=params, batch_stats={},
+        tx=optim.build(_accumulating_optim_config(accumulate), params),
         rng=jax.random.key_data(jax.random.key(0)), ema=True)
 
   def update(state, grads):  # the segment step's order: optimiser, then the mean teacher

@@ -130,6 +130,7 @@ def test_torch_reference_parameter_counts():
 # Encoders
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('depth,output_stride', [(18, 32), (50, 16), (101, 16), (101, 32)])
 def test_resnet_parity_eval(depth, output_stride):
   x = random_images()
@@ -144,6 +145,7 @@ def test_resnet_parity_eval(depth, output_stride):
     assert_close(g, w, what=f'resnet{depth} OS{output_stride} f{i}')
 
 
+@pytest.mark.slow
 def test_resnet101_parity_float64_is_exact():
   """In float64 the two formulations agree to rounding (relative 1e-12): the float32 differences
   above are accumulated float32 rounding, not a difference of formulation."""
@@ -161,6 +163,7 @@ def test_resnet101_parity_float64_is_exact():
       assert_close(g, w, tol=1e-9 * max(1.0, float(np.abs(w).max())), what=f'float64 f{i}')
 
 
+@pytest.mark.slow
 def test_resnet_parity_train_mode_batch_statistics():
   """Batch-statistic BN (train mode) gives the same features and the same running-mean update."""
   x = random_images()
@@ -182,6 +185,7 @@ def test_resnet_parity_train_mode_batch_statistics():
     assert_close(flat_got[key], flat_want[key], what=key)
 
 
+@pytest.mark.slow
 def test_bn_running_var_update_matches_torch():
   # torch keeps the UNbiased batch variance (n / (n - 1)); for the ASPP image-pooling BN at batch 2
   # that is twice the biased one, so this fails for flax.linen.BatchNorm (layers.BatchNorm fixes
@@ -352,6 +356,7 @@ def reference_sde(tmp_path_factory):
               axisangle=axisangle[:, :, 0].numpy(), translation=translation[:, :, 0].numpy())
 
 
+@pytest.mark.slow
 def test_reference_sde_import_round_trip(reference_sde):
   components, reports = importers.import_reference_sde(reference_sde['folder'])
   assert set(components) == {'encoder', 'depth_decoder', 'pose_encoder', 'pose_decoder'}
@@ -406,6 +411,7 @@ def _convert_cli(*args: str) -> subprocess.CompletedProcess:
                         capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_convert_cli_torchvision(tmp_path, capsys):
   sd = tr.ResNet(18).state_dict()
   torch.save(sd, tmp_path / 'resnet18.pth')
@@ -427,6 +433,7 @@ def test_convert_cli_torchvision(tmp_path, capsys):
   _assert_same_trees(_restore(out), importers.import_torchvision_resnet(sd_numpy(sd), 18)[0])
 
 
+@pytest.mark.slow
 def test_convert_cli_reference_sde(reference_sde, tmp_path, capsys):
   out = tmp_path / 'sde'
   assert convert_lib.run('reference_sde', str(reference_sde['folder']), str(out)) == 0
@@ -451,6 +458,7 @@ def test_convert_cli_reports_a_bad_checkpoint(tmp_path, capsys):
   assert capsys.readouterr().err.strip() == f'--src {missing}: no such file or folder'
 
 
+@pytest.mark.slow
 def test_converted_reference_sde_initialises_sde_pretrain_and_segment(reference_sde, tmp_path):
   """The reference's released SDE files -> weights.convert -> config.sde.init.sde and
   config.segment.sde_checkpoint: every converted array lands in the network (the pose network
