@@ -15,6 +15,8 @@ from scipy import ndimage
 
 from configs import demo
 from configs import select_cityscapes
+from data_pipelines.datasets import DataError
+from data_pipelines.datasets import ExampleIndex
 from sdeseg_jax import ops
 from sdeseg_jax import stages
 from sdeseg_jax.stages import segment
@@ -262,6 +264,19 @@ def test_the_sde_a_selection_reads_is_required_before_any_stage_runs(tmp_path):
     stages.check_inputs('select_labels', config, workdir)
   os.makedirs(tmp_path / 'depth' / 'target')
   stages.check_inputs('select_labels', config, workdir)
+
+
+def test_missing_depth_labels_of_the_depth_student_are_named(tmp_path):
+  index = ExampleIndex.from_rows([dict(id=i, image=f'{i}.png') for i in ('a', 'b', 'c')])
+  folder = tmp_path / 'depth' / 'target'
+  folder.mkdir(parents=True)
+  for example in ('a', 'c'):
+    np.save(folder / f'{example}.npy', np.ones((2, 2), np.float32))
+  with pytest.raises(DataError, match=r'depth/target: no depth labels of 1 training images '
+                                      r'\(e\.g\. b\.npy\).*run the depth_labels stage'):
+    students.teacher_dir(str(tmp_path), index)
+  np.save(folder / 'b.npy', np.ones((2, 2), np.float32))
+  assert students.teacher_dir(str(tmp_path), index) == str(folder)
 
 
 def test_select_cityscapes_variants_are_the_table_rows():
