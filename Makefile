@@ -30,7 +30,7 @@ test: install
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/test_distributed.py
 	# Two JAX processes joined by gloo collectives run alone: beside other tests the 2 cores starve
 	# gloo's 30 s context set-up.
-	$(PY) -m pytest -q tests/test_distributed.py
+	$(PY) -m pytest -q -v tests/test_distributed.py  # -v: which scenario is running
 
 # The maintainer's loop: ops, models, configs and pure functions, without the tests marked slow
 # (stage runs, subprocesses, full-size compiles).

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import pytest
 
 from configs import base
@@ -180,3 +181,13 @@ def test_bad_flags_config_files_and_overrides_end_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
         'FATAL invalid flag, config or override: ' + message), result.stderr[-2000:]
+
+
+def test_progress_lines_say_progress(caplog):
+  from clu import platform
+  from sdeseg_jax import cli
+  cli.start(ml_collections.ConfigDict(dict(compilation_cache_dir='')))
+  with caplog.at_level(logging.INFO):
+    platform.work_unit().set_notes('1.5 steps/s, 40.0% (4/10), ETA: 0m')
+  assert 'progress: 1.5 steps/s, 40.0% (4/10), ETA: 0m' in caplog.text
+  assert 'work unit' not in caplog.text
