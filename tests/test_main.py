@@ -191,3 +191,26 @@ def test_progress_lines_say_progress(caplog):
     platform.work_unit().set_notes('1.5 steps/s, 40.0% (4/10), ETA: 0m')
   assert 'progress: 1.5 steps/s, 40.0% (4/10), ETA: 0m' in caplog.text
   assert 'work unit' not in caplog.text
+
+
+@pytest.mark.slow
+def test_no_tpu_runtime_warnings_on_a_machine_without_accelerators():
+  """libtpu is installed (test extra), but without an accelerator the entry points run JAX on the
+  CPU only: no TPU runtime start-up warnings; a JAX_PLATFORMS the user set is kept."""
+  import glob
+  import sdeseg_jax
+  if any(glob.glob(p) for p in sdeseg_jax.ACCELERATOR_DEVICES):
+    pytest.skip('this machine has an accelerator')
+  script = 'import sdeseg_jax, jax, os; print(jax.default_backend(), os.environ["JAX_PLATFORMS"])'
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.split() == ['cpu', 'cpu'], result.stderr
+  assert 'TPU' not in result.stderr, result.stderr
+  # The user's choice is kept: '' (every platform JAX has) starts libtpu, which warns (the control
+  # that the check above could fail).
+  env['JAX_PLATFORMS'] = ''
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0 and result.stdout.split() == ['cpu'], result.stderr
+  assert 'TPU' in result.stderr
