@@ -1,5 +1,6 @@
 """Whole-image inference over a dataset split and the segmentation metrics: the one home of the
-forward passes and scores that segment, evaluate, select_labels, depth_labels and predict share.
+forward passes and scores that segment, evaluate, select_labels and depth_labels share (predict
+runs single images through the same networks.forward).
 
 Predict functions are (variables, batch) -> array, jitted by the caller over its mesh
 (sharding.jit_eval_step); batches come from pipeline.validation_batches (whole images at the
