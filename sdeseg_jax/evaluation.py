@@ -46,14 +46,6 @@ def _sharding_of_process(batch_size: int) -> pipeline.Sharding:
   return pipeline.Sharding(batch_size, jax.process_index(), jax.process_count())
 
 
-def _host_rows(x: jax.Array) -> np.ndarray:
-  """All rows of a batch-sharded global array on every process."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def per_image(fn, variables, index: common.ExampleIndex, reader: common.Reader, *, resolution,
               mesh, batch_size: int, depth_dir: str = '') -> np.ndarray:
   """[N, ...] = fn(variables, batch)[row] for every image of `index`, on every process (batch
@@ -66,8 +58,8 @@ def per_image(fn, variables, index: common.ExampleIndex, reader: common.Reader, 
   for batch in batches:
     keys = ['image', 'index', 'valid'] + (['depth'] if depth_dir else [])
     placed = sharding.global_batch({k: batch[k] for k in keys}, mesh)
-    values = _host_rows(compiled(variables, placed))
-    rows, valid = _host_rows(placed['index']), _host_rows(placed['valid'])
+    values = sharding.to_host(compiled(variables, placed))
+    rows, valid = sharding.to_host(placed['index']), sharding.to_host(placed['valid'])
     if result is None:
       result = np.zeros((len(index),) + values.shape[1:], values.dtype)
     result[rows[valid]] = values[valid]
