@@ -44,6 +44,12 @@ def xla_cost(compiled) -> dict:
   return cost[0] if isinstance(cost, list) else cost
 
 
+def parse_size(text: str) -> tuple[int, int]:
+  """'WIDTHxHEIGHT' -> (width, height)."""
+  width, height = (int(v) for v in text.lower().split('x'))
+  return width, height
+
+
 def emit(report: dict, out: str = '') -> None:
   """Prints the report as JSON and, when `out` is set, writes it there too."""
   text = json.dumps(report, indent=2)

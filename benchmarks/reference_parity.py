@@ -1,0 +1,566 @@
+"""Parity of our training steps with the reference's own training code (issue 34).
+
+    python -m benchmarks.reference_parity --reference DIR [--parts=sde] [--size=64x64] \\
+        [--batch=2] [--seed=0] [--out=benchmarks/results/reference_parity_cpu.json]
+
+DIR is a checkout of lhoyer/improving_segmentation_with_selfsupervised_depth, branch ssda. Its
+modules (train.py's Trainer, loss/, models/, experiments.py) are imported from DIR at run time and
+never copied into this project. The `parity` extra installs what they import beside our CPU torch
+(pip install -e '.[parity]'); torchvision's compiled detection ops belong to another torch build,
+so its op registrations are stubbed: the reference uses only its Python ResNets.
+
+From the same weights and the same batch, each part runs one training step on both sides and
+compares every quantity by its relative error, max|ours - reference| / max|reference|:
+- sde: the reference's own SDE files (encoder.pth, depth.pth, pose_encoder.pth, pose.pth, written
+  by torch from its own get_model) and a torchvision-format ImageNet ResNet101 (its `imnet`
+  feature-distance encoder) start both sides: ours through `weights.convert` and
+  config.sde.init, exactly as a user's released files would. Trainer.train_step of the reference
+  (its phase-C set-up: configs/sde_dec11.yml with experiments.decoder_variant(dec6), Adam 1e-5,
+  feature distance 1e-2) runs against our sde_pretrain step (configs/sde_cityscapes.py:C). Compared:
+  every per-scale loss, photometric and smoothness term, the auto-mask, the feature distance, the
+  total, and after the Adam step every parameter group and the BatchNorm statistics.
+
+The auto-mask's tie-breaking noise is ours on both sides: the reference's torch.randn is replaced,
+for the one call per scale it makes, by the draws our step takes from its key. The report (JSON)
+lists every quantity with its error and whether it is within --tolerance (1e-4, float32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib
+import json
+import os
+import sys
+import tempfile
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import common
+
+TOLERANCE = 1e-4
+# Our top-level packages whose names the reference also uses; hidden while it imports.
+_SHARED_NAMES = ('configs',)
+_REFERENCE_MODULES = ('train', 'experiments', 'models', 'models.utils', 'models.monodepth_layers',
+                      'loss', 'utils.optimizers', 'utils.schedulers')
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference's code
+
+
+def import_reference(directory: str) -> types.SimpleNamespace:
+  """The reference's own modules, imported from the checkout at `directory`."""
+  directory = os.path.abspath(directory)
+  missing = [p for p in ('train.py', 'loss/monodepth_loss.py', 'configs/sde_dec11.yml')
+             if not os.path.exists(os.path.join(directory, p))]
+  if missing:
+    raise SystemExit(f'--reference {directory}: not a checkout of '
+                     f'improving_segmentation_with_selfsupervised_depth (branch ssda); '
+                     f'missing {", ".join(missing)}')
+  import torch  # noqa: F401  (before torchvision)
+  sys.modules.setdefault('torchvision._meta_registrations',
+                         types.ModuleType('torchvision._meta_registrations'))
+  ours = {name: module for name, module in sys.modules.items()
+          if name.split('.')[0] in _SHARED_NAMES}
+  for name in ours:
+    del sys.modules[name]
+  for name in _SHARED_NAMES:  # a folder without __init__.py there: ours would win the search
+    package = sys.modules[name] = types.ModuleType(name)
+    package.__path__ = [os.path.join(directory, name)]
+  sys.path.insert(0, directory)
+  try:
+    modules = {name: importlib.import_module(name) for name in _REFERENCE_MODULES}
+  finally:
+    sys.path.remove(directory)
+    for name in [n for n in sys.modules if n.split('.')[0] in _SHARED_NAMES]:
+      del sys.modules[name]
+    sys.modules.update(ours)
+  reference = types.SimpleNamespace(directory=directory, **{
+      name.replace('.', '_'): module for name, module in modules.items()})
+  reference.commit = _git_commit(directory)
+  return reference
+
+
+def _git_commit(directory: str) -> str:
+  head = os.path.join(directory, '.git', 'HEAD')
+  try:
+    with open(head) as f:
+      ref = f.read().strip()
+    if ref.startswith('ref: '):
+      with open(os.path.join(directory, '.git', ref[5:])) as f:
+        return f.read().strip()
+    return ref
+  except OSError:
+    return 'unknown (not a git checkout)'
+
+
+def reference_config(reference, name: str) -> dict:
+  import yaml
+  with open(os.path.join(reference.directory, 'configs', name)) as f:
+    return yaml.safe_load(f)
+
+
+@contextlib.contextmanager
+def imagenet_weights(files: dict[int, str]):
+  """torchvision's ImageNet ResNets are the files {depth: path} (in torchvision's own format)
+  instead of downloads: for its `pretrained=True` builders and for the model_urls + load_url
+  route of the reference's multi-image (pose) encoder, which torchvision no longer has."""
+  import torch
+  import torch.utils.model_zoo as model_zoo
+  import torchvision.models as tv_models
+  names = {depth: f'resnet{depth}' for depth in files}
+  originals = {name: getattr(tv_models, name) for name in names.values()}
+  original_load_url = model_zoo.load_url
+
+  def from_file(builder, path):
+    def build(pretrained=False, **kwargs):
+      model = builder(weights=None, **kwargs)
+      if pretrained:
+        model.load_state_dict(torch.load(path))
+      return model
+    return build
+
+  for depth, name in names.items():
+    setattr(tv_models, name, from_file(originals[name], files[depth]))
+  tv_models.resnet.model_urls = {names[depth]: path for depth, path in files.items()}
+  model_zoo.load_url = lambda url, *args, **kwargs: torch.load(url)
+  try:
+    yield
+  finally:
+    for name, builder in originals.items():
+      setattr(tv_models, name, builder)
+    del tv_models.resnet.model_urls
+    model_zoo.load_url = original_load_url
+
+
+@contextlib.contextmanager
+def replayed_randn(draws: list):
+  """torch.randn returns `draws` (torch tensors) in order, one per call, with the shape asked."""
+  import torch
+  original = torch.randn
+  queue = list(draws)
+
+  def randn(*shape, **kwargs):
+    del kwargs
+    shape = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
+    draw = queue.pop(0)
+    assert tuple(draw.shape) == shape, (draw.shape, shape)
+    return draw.clone()
+
+  torch.randn = randn
+  try:
+    yield
+  finally:
+    torch.randn = original
+  assert not queue, f'{len(queue)} prepared draws were not used'
+
+
+def bare_trainer(reference, cfg: dict, model, batches: list[dict]):
+  """The reference's Trainer around `model`, without its data set-up: the optimiser, scheduler,
+  grad scaler and loss functions of Trainer.__init__, built by the same functions; `batches`
+  become its training loader."""
+  train = reference.train
+  trainer = train.Trainer.__new__(train.Trainer)
+  trainer.cfg, trainer.device, trainer.step = cfg, 'cpu', 0
+  trainer.setup_segmentation_unlabeled()
+  trainer.use_source_data = trainer.use_matching_geom = False
+  trainer.mg_loader = trainer.source_data_loader = trainer.unlabeled_data_loader = None
+  trainer.train_data_loader = iter(batches)
+  trainer.model, trainer.ema_model = model, None
+  optimizer_cls = reference.utils_optimizers.get_optimizer(cfg)
+  options = {k: v for k, v in cfg['training']['optimizer'].items()
+             if k not in ('name', 'backbone_lr', 'pose_lr', 'depth_lr', 'segmentation_lr')}
+  trainer.optimizer = optimizer_cls(train.get_train_params(model, cfg), **options)
+  trainer.scheduler = reference.utils_schedulers.get_scheduler(
+      trainer.optimizer, cfg['training']['lr_schedule'])
+  trainer.scaler = train.GradScaler(enabled=cfg['training']['amp'])
+  trainer.loss_fn = reference.loss.get_segmentation_loss_function(cfg)
+  trainer.monodepth_loss_calculator_train = reference.loss.get_monodepth_loss(cfg, is_train=True)
+  return trainer
+
+
+def recording(obj, method: str, record: list):
+  """Wraps obj.method so that each call appends (args, result) to `record`."""
+  original = getattr(obj, method)
+
+  def wrapped(*args, **kwargs):
+    result = original(*args, **kwargs)
+    record.append((args, result))
+    return result
+
+  setattr(obj, method, wrapped)
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison
+
+
+def relative_error(ours, reference) -> float:
+  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+  if ours.shape != reference.shape:
+    raise ValueError(f'shapes differ: ours {ours.shape}, reference {reference.shape}')
+  scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+  difference = float(np.max(np.abs(ours - reference))) if reference.size else 0.0
+  return difference / scale if scale > 0 else difference
+
+
+class Report:
+  """Rows of (part, quantity, relative error); `within` is against the tolerance."""
+
+  def __init__(self, tolerance: float):
+    self.tolerance, self.rows = tolerance, []
+
+  def add(self, part: str, quantity: str, ours, reference, note: str = '') -> None:
+    error = relative_error(ours, reference)
+    row = dict(part=part, quantity=quantity, max_relative_error=error,
+               within=error <= self.tolerance)
+    if np.size(reference) == 1:
+      row.update(ours=float(np.asarray(ours)), reference=float(np.asarray(reference)))
+    if note:
+      row['note'] = note
+    self.rows.append(row)
+    print(f'{part:8s} {quantity:44s} {error:10.2e} {"ok" if row["within"] else "OVER"}',
+          flush=True)
+
+  def add_trees(self, part: str, prefix: str, ours: dict, reference: dict) -> None:
+    """One row per top-level group of two variable trees of the same structure. The error is the
+    group's: its largest difference over its largest reference value (a tensor whose values are
+    all near zero, like a zero-initialised bias after one Adam step of +-lr, does not count as
+    wrong by a flipped sign of a vanishing gradient); each row also names its worst tensor by
+    that tensor's own relative error."""
+    flat_ours, flat_reference = _flatten(ours), _flatten(reference)
+    if set(flat_ours) != set(flat_reference):
+      raise ValueError(f'{prefix}: trees differ: only ours '
+                       f'{sorted(set(flat_ours) - set(flat_reference))[:5]}, only the '
+                       f'reference {sorted(set(flat_reference) - set(flat_ours))[:5]}')
+    for group in sorted({path.split('/')[0] for path in flat_ours}):
+      keys = [k for k in flat_ours if k.split('/')[0] == group]
+      difference = max(float(np.max(np.abs(flat_ours[k] - flat_reference[k]))) for k in keys)
+      scale = max(float(np.max(np.abs(flat_reference[k]))) for k in keys)
+      error = difference / scale if scale > 0 else difference
+      per_tensor = {k: relative_error(flat_ours[k], flat_reference[k]) for k in keys}
+      worst = max(per_tensor, key=per_tensor.get)
+      self.rows.append(dict(part=part, quantity=f'{prefix}/{group}', max_relative_error=error,
+                            within=error <= self.tolerance, tensors=len(keys), worst_tensor=worst,
+                            worst_tensor_relative_error=per_tensor[worst]))
+      print(f'{part:8s} {prefix + "/" + group:44s} {error:10.2e} '
+            f'{"ok" if error <= self.tolerance else "OVER"}  ({len(keys)} tensors; worst '
+            f'{worst} {per_tensor[worst]:.1e})', flush=True)
+
+
+def _flatten(tree: dict, prefix: str = '') -> dict:
+  flat = {}
+  for key, value in tree.items():
+    path = f'{prefix}/{key}' if prefix else str(key)
+    if isinstance(value, dict):
+      flat.update(_flatten(value, path))
+    else:
+      flat[path] = np.asarray(value)
+  return flat
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared inputs
+
+
+def street_frames(batch: int, height: int, width: int, seed: int) -> np.ndarray:
+  """[B, 3, H, W, 3] frame triplets in [0, 1]: smooth random scenes, each frame the next one's
+  shifted view (so that warping matters), with fine texture."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.uniform(0.1, 0.9, (batch, height // 8 + 2, width // 8 + 4, 3))
+  big = np.asarray(jax.image.resize(coarse, (batch, height + 16, width + 32, 3), 'cubic'))
+  frames = np.stack([big[:, 8:8 + height, 16 + dx:16 + dx + width] for dx in (-3, 0, 3)], 1)
+  frames = frames + rng.normal(0, 0.02, frames.shape)
+  return np.clip(frames, 0, 1).astype(np.float32)
+
+
+def pixel_intrinsics(batch: int, height: int, width: int) -> np.ndarray:
+  """[B, 3, 3]: Cityscapes' normalised intrinsics (fx 0.58, fy 1.16 of the width / height) at
+  (H, W), as our loaders and the reference's give them."""
+  k = np.array([[0.58 * width, 0, 0.5 * width], [0, 1.16 * height, 0.5 * height], [0, 0, 1]],
+               np.float32)
+  return np.repeat(k[None], batch, 0)
+
+
+def _nchw(x) -> 'torch.Tensor':
+  import torch
+  return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1)))
+
+
+def _nhwc(t) -> np.ndarray:
+  return np.moveaxis(t.detach().numpy(), 1, -1)
+
+
+def _homogeneous(k: np.ndarray) -> np.ndarray:
+  out = np.repeat(np.eye(4, dtype=np.float32)[None], k.shape[0], 0)
+  out[:, :3, :3] = k
+  return out
+
+
+def calibrate_batch_norm(module, forward, batches) -> None:
+  """BatchNorm running statistics that are the averages over `batches` (forward(batch) runs the
+  module), as trained weights' statistics describe their data: random-init statistics would make
+  eval-mode activations explode through a ResNet101."""
+  import torch
+  norms = [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+  for m in norms:
+    m.reset_running_stats()
+    m.momentum = None  # cumulative average
+  module.train()
+  with torch.no_grad():
+    for batch in batches:
+      forward(batch)
+  for m in norms:
+    m.momentum = 0.1
+
+
+def calibration_frames(height: int, width: int, seed: int) -> list[np.ndarray]:
+  return [street_frames(4, height, width, seed + 100 + i) for i in range(3)]
+
+
+def convert(source: str, src: str, out: str, **options) -> str:
+  """Our converter's command (sdeseg_jax.weights.convert), as a user runs it."""
+  from sdeseg_jax.weights import convert as convert_cli
+  with contextlib.redirect_stdout(sys.stderr):
+    if convert_cli.run(source, src, out, **options):
+      raise RuntimeError(f'weights.convert --from {source} --src {src} failed')
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) SDE
+
+
+# A released SDE's folder name (the reference loads an SDE whose name contains 'mono').
+PARITY_SDE = 'mono_parity_sde'
+SDE_FILES = {'encoder': 'encoder.pth', 'depth': 'depth.pth', 'pose_encoder': 'pose_encoder.pth',
+             'pose': 'pose.pth'}
+
+
+def sde_reference_config(reference, batch: int, height: int, width: int) -> dict:
+  """The reference's phase C (its cityscapes_monodepth_highres_dec6_crop set-up) on the ssda
+  branch's SDE config: ResNet101 OS16 + dec6, Adam 1e-5 for everything, feature distance 1e-2 to
+  the ImageNet encoder; at our size, in float32, the pose net on the same (uncropped) frames."""
+  cfg = reference_config(reference, 'sde_dec11.yml')
+  cfg, _ = reference.experiments.decoder_variant(cfg, 6, [height, width])
+  cfg['model'].update(backbone_pretraining='imnet', depth_pretraining=PARITY_SDE,
+                      pose_pretraining=PARITY_SDE, enable_imnet_encoder=True,
+                      provide_uncropped_for_pose=False)
+  cfg['monodepth_options'].update(height=height, width=width, crop_h=height, crop_w=width)
+  cfg['training'].update(batch_size=batch, amp=False, feat_dist_lambda=1e-2,
+                         optimizer={'name': 'adam', 'lr': 1e-5})
+  cfg['source_data'] = {}
+  cfg['data']['generated_depth_dir'] = None
+  return reference.train.prepare_config_logic(cfg)
+
+
+def write_reference_sde(reference, cfg: dict, directory: str, seed: int) -> None:
+  """A random SDE in the reference's released format: its own model's state dicts, saved by torch
+  as encoder.pth, depth.pth, pose_encoder.pth and pose.pth."""
+  import torch
+  torch.manual_seed(seed)
+  model_cfg = copy.deepcopy(cfg['model'])
+  model_cfg.update(backbone_pretraining='none', depth_pretraining='none', pose_pretraining='none',
+                   enable_imnet_encoder=False)
+  model = reference.models.get_model(model_cfg, 19)
+  height, width = cfg['monodepth_options']['height'], cfg['monodepth_options']['width']
+  calibrate_batch_norm(model, model, [
+      {('color_aug', f, 0): _nchw(frames[:, i]) for i, f in enumerate((-1, 0, 1))}
+      for frames in calibration_frames(height, width, seed)])
+  os.makedirs(directory, exist_ok=True)
+  for name, filename in SDE_FILES.items():
+    torch.save(model.models[name].state_dict(), os.path.join(directory, filename))
+
+
+def write_torchvision_resnet(depth: int, path: str, height: int, width: int, seed: int) -> None:
+  """A random ResNet in torchvision's own format (as resnet101-63fe2227.pth is)."""
+  import torch
+  import torchvision
+  torch.manual_seed(seed)
+  model = getattr(torchvision.models, f'resnet{depth}')(weights=None)
+  calibrate_batch_norm(model, model, [_nchw(frames[:, 1])
+                                      for frames in calibration_frames(height, width, seed)])
+  torch.save(model.state_dict(), path)
+
+
+def sde_part(reference, report: Report, *, batch: int, height: int, width: int, seed: int,
+             workdir: str) -> None:
+  import torch
+  from configs import sde_cityscapes
+  from sdeseg_jax import ops
+  from sdeseg_jax.models import networks
+  from sdeseg_jax.stages import sde_pretrain
+  from sdeseg_jax.weights import importers
+  from sdeseg_jax.weights import layouts
+
+  # The reference reads pretrained SDEs from DOWNLOAD_MODEL_DIR/<name>/ (no download when there).
+  reference.models_utils.MachineConfig.DOWNLOAD_MODEL_DIR = workdir
+  cfg = sde_reference_config(reference, batch, height, width)
+  sde_files = os.path.join(workdir, cfg['model']['depth_pretraining'])
+  write_reference_sde(reference, cfg, sde_files, seed)
+  imagenet = {depth: os.path.join(workdir, f'resnet{depth}-imagenet.pth') for depth in (18, 101)}
+  for depth, path in imagenet.items():
+    write_torchvision_resnet(depth, path, height, width, seed + depth)
+
+  # Ours: the user's path, converted files through config.sde.init.
+  config = sde_cityscapes.get_config('C')
+  config.seed = seed
+  sde = config.sde
+  sde.batch_size, sde.crop = batch, (width, height)
+  sde.init.sde = convert('reference_sde', sde_files, os.path.join(workdir, 'sde_ckpt'))
+  sde.init.encoder = convert('torchvision', imagenet[101], os.path.join(workdir, 'imnet_ckpt'),
+                             depth=101, output_stride=16)
+  network = networks.build('sde', config.model)
+  state = sde_pretrain.create_state(config, config.model, network)
+  frames = street_frames(batch, height, width, seed)
+  augmented = np.clip(frames * 1.1 - 0.03, 0, 1).astype(np.float32)
+  intrinsics = pixel_intrinsics(batch, height, width)
+  ours_batch = dict(frames=jnp.asarray(frames), frames_aug=jnp.asarray(augmented),
+                    intrinsics=jnp.asarray(intrinsics))
+  # The terms, from the same forward pass and noise the step takes (its key derivation).
+  dropout_key, noise_key = jax.random.split(state.key)
+  outputs, _ = network.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                             ours_batch['frames_aug'], train=True, mutable=['batch_stats'],
+                             rngs={'dropout': dropout_key})
+  _, aux = ops.sde_loss(outputs['disp'], ours_batch['frames'], ours_batch['intrinsics'],
+                        outputs['pose_prev'], outputs['pose_next'], noise_key,
+                        min_depth=sde.min_depth, max_depth=sde.max_depth,
+                        smoothness_weight=sde.smoothness)
+  scales = sorted(outputs['disp'])
+  noise = [jax.random.normal(k, (batch, height, width, 2))
+           for k in jax.random.split(noise_key, len(scales))]
+  new_state, metrics = jax.jit(sde_pretrain.make_train_step(network, config.model, sde))(
+      state, ours_batch)
+
+  # The reference: its model from the same files, loaded by its own code (the encoder and the
+  # feature-distance encoder from ImageNet, the depth decoder and the pose network from the SDE
+  # files), then its Trainer.train_step on the same batch.
+  with imagenet_weights(imagenet):
+    model = reference.models.get_model(cfg['model'], 19)
+  inputs = {('K', 0): torch.from_numpy(_homogeneous(intrinsics)),
+            ('inv_K', 0): torch.from_numpy(np.linalg.inv(_homogeneous(intrinsics)))}
+  for index, frame_id in enumerate((-1, 0, 1)):
+    inputs['color_aug', frame_id, 0] = _nchw(augmented[:, index])
+    inputs['color', frame_id, 0] = _nchw(frames[:, index])
+  for s in scales[1:]:  # the loader's per-scale targets: ours, resized as our step resizes them
+    inputs['color', 0, s] = _nchw(ops.photometric.downsample_antialiased(
+        jnp.asarray(frames[:, 1]), height // 2 ** s, width // 2 ** s))
+  trainer = bare_trainer(reference, cfg, model, [inputs])
+  losses_record = []
+  recording(trainer.monodepth_loss_calculator_train, 'compute_losses', losses_record)
+  # The reference adds its noise to the [B, 2, H, W] identity losses: ours, channels first.
+  draws = [torch.from_numpy(np.moveaxis(np.asarray(n), -1, 1).copy()) for n in noise]
+  with replayed_randn(draws):
+    trainer.train_step(0)
+  (_, reference_outputs), losses = losses_record[0][0], losses_record[0][1]
+  smooth = {}
+  for s in scales:
+    disp = reference_outputs['disp', s]
+    norm = disp / (disp.mean(2, True).mean(3, True) + 1e-7)
+    smooth[s] = float(reference.models_monodepth_layers.get_smooth_loss(norm, inputs['color', 0, s]))
+
+  part = 'sde'
+  for s in scales:
+    reference_scale = float(losses[f'loss/{s}'])
+    report.add(part, f'loss/scale{s}', aux['scale_loss'][s], reference_scale)
+    report.add(part, f'photometric/scale{s}', aux['photometric'][s],
+               reference_scale - sde.smoothness * smooth[s] / 2 ** s)
+    report.add(part, f'smoothness/scale{s}', aux['smoothness'][s], smooth[s])
+  identity_won = 1.0 - _nhwc(reference_outputs['identity_selection/0'][:, None])
+  report.add(part, 'automask/scale0 (pixels)', aux['automask'], identity_won)
+  report.add(part, 'automask_fraction', metrics['automask_fraction'],
+             np.mean([1 - float(reference_outputs[f'identity_selection/{s}'].mean())
+                      for s in scales]))
+  distance = torch.dist(reference_outputs['encoder_features'], reference_outputs['imnet_features'])
+  report.add(part, 'feature_distance', metrics['loss/feature_distance'], float(distance))
+  report.add(part, 'loss/sde', metrics['loss/sde'], float(losses['loss']))
+  report.add(part, 'loss/total', metrics['loss/total'],
+             float(losses['loss']) + sde.feature_distance * float(distance))
+
+  # The step's gradients and the model after it: the reference's written as released files and
+  # read back by our importer, so that both are trees of our layout.
+  def as_ours(gradients: bool) -> dict:
+    folder = os.path.join(workdir, 'gradients' if gradients else 'after')
+    os.makedirs(folder)
+    for name, filename in SDE_FILES.items():
+      module = model.models[name]
+      state = module.state_dict()
+      if gradients:
+        state.update({k: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+                      for k, p in module.named_parameters()})
+      torch.save(state, os.path.join(folder, filename))
+    components, _ = importers.import_reference_sde(folder)
+    return layouts.sde_variables(importers.merge_components(components))
+
+  report.add_trees(part, 'gradients', adam_gradients(new_state.opt_state),
+                   as_ours(gradients=True)['params'])
+  after = as_ours(gradients=False)
+  report.add_trees(part, 'params', jax.device_get(new_state.params), after['params'])
+  report.add_trees(part, 'batch_stats', jax.device_get(new_state.batch_stats),
+                   after['batch_stats'])
+
+
+def adam_gradients(opt_state, b1: float = 0.9) -> dict:
+  """The gradients (after clipping) that our optimiser's first Adam update used, nested by
+  parameter path: its first moments after one step are (1 - b1) * g."""
+  import optax
+  gradients = {}
+  for _, mu in optax.tree_utils.tree_get_all_with_path(opt_state, 'mu'):
+    leaves, _ = jax.tree_util.tree_flatten_with_path(
+        mu, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
+    for path, leaf in leaves:
+      if not isinstance(leaf, optax.MaskedNode):
+        node = gradients
+        keys = [k.key for k in path]
+        for key in keys[:-1]:
+          node = node.setdefault(key, {})
+        node[keys[-1]] = np.asarray(leaf) / (1 - b1)
+  return gradients
+
+
+PARTS = {'sde': sde_part}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--reference', required=True,
+                      help='checkout of improving_segmentation_with_selfsupervised_depth (ssda)')
+  parser.add_argument('--parts', default=','.join(PARTS),
+                      help=f'comma-separated, of {", ".join(PARTS)}')
+  parser.add_argument('--size', default='64x64', help='WxH of the batch')
+  parser.add_argument('--batch', type=int, default=2)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--tolerance', type=float, default=TOLERANCE)
+  parser.add_argument('--out', default='benchmarks/results/reference_parity_cpu.json')
+  args = parser.parse_args(argv)
+  parts = [p for p in args.parts.split(',') if p]
+  unknown = [p for p in parts if p not in PARTS]
+  if unknown:
+    parser.error(f'--parts: unknown {", ".join(unknown)} (known: {", ".join(PARTS)})')
+  width, height = common.parse_size(args.size)
+  jax.config.update('jax_default_matmul_precision', 'highest')
+  reference = import_reference(args.reference)
+  report = Report(args.tolerance)
+  for name in parts:
+    with tempfile.TemporaryDirectory() as workdir:
+      PARTS[name](reference, report, batch=args.batch, height=height, width=width,
+                  seed=args.seed, workdir=workdir)
+  result = dict(benchmark='reference_parity', reference=args.reference,
+                reference_commit=reference.commit, size=[width, height], batch=args.batch,
+                seed=args.seed, tolerance=args.tolerance, dtype='float32', rows=report.rows,
+                over=[f'{r["part"]}:{r["quantity"]}' for r in report.rows if not r['within']],
+                machine=common.machine())
+  common.emit(result, args.out)
+  print(f'{len(report.rows) - len(result["over"])}/{len(report.rows)} within {args.tolerance}; '
+        f'wrote {args.out}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
