@@ -498,3 +498,88 @@ def test_converted_reference_sde_initialises_sde_pretrain_and_segment(reference_
   config.segment.update(network='mtl', init='sde', sde_checkpoint=str(out))
   assert_loaded(segment.initial_variables(config, str(tmp_path), zeros('mtl', config.model)),
                 ('pad/depth_decoder', 'pad/seg_decoder'))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every ImageNet entry point from a file in torchvision's format
+
+
+def _torchvision_file(tmp_path, depth: int) -> str:
+  """A random ResNet's state dict with torchvision's key names (fc included), saved by torch as
+  torchvision's released resnet*.pth files are."""
+  torch.manual_seed(depth)
+  model = tr.ResNet(depth)
+  for m in model.modules():
+    if isinstance(m, torch.nn.BatchNorm2d):  # distinct statistics: a swap would show
+      m.running_mean.normal_()
+      m.running_var.uniform_(0.5, 1.5)
+  path = str(tmp_path / f'resnet{depth}-random.pth')
+  torch.save(model.state_dict(), path)
+  return path
+
+
+def _zeros(kind, model):
+  """Zeros of a network's variable shapes (jax.eval_shape: no full-size init is compiled)."""
+  from sdeseg_jax.models import networks
+  shapes = jax.eval_shape(networks.build(kind, model).init, jax.random.key(0),
+                          networks.example_input(kind, 1, 64, 64))
+  return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def _sde_encoder(config, workdir, checkpoint):
+  from sdeseg_jax.stages import sde_pretrain
+  config.sde.init.encoder = checkpoint
+  return sde_pretrain.initial_variables(_zeros('sde', config.model), config.sde.init)
+
+
+def _sde_pose_encoder(config, workdir, checkpoint):
+  from sdeseg_jax.stages import sde_pretrain
+  config.sde.init.pose_encoder = checkpoint
+  return sde_pretrain.initial_variables(_zeros('sde', config.model), config.sde.init)
+
+
+def _segment_imagenet_encoder(config, workdir, checkpoint):
+  from sdeseg_jax.stages import segment
+  config.segment.update(network='mtl', init='imagenet', imagenet_encoder=checkpoint)
+  return segment.initial_variables(config, workdir, _zeros('mtl', config.model))
+
+
+def _student_encoder(config, workdir, checkpoint):
+  from sdeseg_jax.models import networks
+  from sdeseg_jax.stages.select_labels import students
+  student = config.select.student
+  student.init_encoder = checkpoint
+  network = networks.build('depth_student', config.student_model)
+  state = students.create_student_state(student, config.select.student.optim, network,
+                                        jax.random.key(0))
+  return {'params': state.params, 'batch_stats': state.batch_stats}
+
+
+# entry point -> (ResNet depth, convert options, how the stage loads it, where the encoder lands)
+IMAGENET_ENTRY_POINTS = {
+    'sde.init.encoder': (101, dict(output_stride=16), _sde_encoder, 'encoder'),
+    'sde.init.pose_encoder': (18, dict(num_input_images=2), _sde_pose_encoder,
+                              'pose/pose_encoder'),
+    'segment.imagenet_encoder': (101, dict(output_stride=16), _segment_imagenet_encoder,
+                                 'encoder'),
+    'select.student.init_encoder': (50, dict(output_stride=16), _student_encoder, 'encoder'),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('entry', sorted(IMAGENET_ENTRY_POINTS))
+def test_torchvision_file_initialises_entry_point(entry, tmp_path):
+  """torchvision's format -> weights.convert -> the config key a user sets: the stage's own loading
+  code puts every converted array (fc dropped) where that network's encoder is."""
+  from configs import base
+  depth, options, load, target = IMAGENET_ENTRY_POINTS[entry]
+  out = str(tmp_path / 'converted')
+  assert convert_lib.run('torchvision', _torchvision_file(tmp_path, depth), out, depth=depth,
+                         **options) == 0
+  converted = report_lib.flatten(_restore(out))
+  variables = report_lib.flatten(load(base.get_config(), str(tmp_path), out))
+  for key, value in converted.items():
+    collection, rest = key.split('/', 1)
+    np.testing.assert_array_equal(np.asarray(variables[f'{collection}/{target}/{rest}']), value,
+                                  err_msg=key)
+  assert len(converted) >= 100  # ResNet18: 100 arrays
