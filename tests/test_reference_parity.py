@@ -1,0 +1,60 @@
+"""benchmarks/reference_parity.py's own pieces (the comparison itself needs a checkout of the
+reference, which the tests do not have): the gradients it reads back from our optimiser, the
+status of a row, and the error for a folder that is not the reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from benchmarks import reference_parity
+from configs import base
+from sdeseg_jax.training import optim
+
+
+def test_adam_gradients_are_the_gradients_of_the_first_update():
+  """Our grouped optimiser (a frozen group, two Adam groups): the first moments after one update
+  give back the gradient of every trainable parameter, nested by path."""
+  params = {'encoder': {'kernel': jnp.ones((2, 3))}, 'decoder': {'bias': jnp.ones(4)},
+            'pose': {'w': jnp.ones(2)}}
+  config = base.optim_config('adam', dict(
+      encoder=dict(pattern='^encoder/', lr=1e-5), decoder=dict(pattern='^decoder/', lr=1e-4),
+      pose=dict(pattern='^pose/', lr=1e-4, frozen=True)))
+  tx = optim.build(config, params)
+  grads = jax.tree.map(lambda p: jax.random.normal(jax.random.key(p.size), p.shape), params)
+  _, state = tx.update(grads, tx.init(params), params)
+  recovered = reference_parity.adam_gradients(state)
+  assert set(recovered) == {'encoder', 'decoder'}  # the frozen group has no Adam state
+  for group in recovered:
+    for name, value in recovered[group].items():
+      np.testing.assert_allclose(value, grads[group][name], rtol=1e-6)
+
+
+def test_report_statuses():
+  report = reference_parity.Report(tolerance=1e-4)
+  ours = {'a': 1.0, 'b': 1.01, 'c': 1.01, 'automask/scale0': np.array([1, 0, 0, 0])}
+  reference = {'a': 1.0, 'b': 1.0, 'c': 1.0, 'automask/scale0': np.array([1, 1, 0, 0])}
+  # b: the reference's own float32 result is as far from its float64 one as ours is.
+  reference64 = {'a': 1.0, 'b': 1.01, 'c': 1.0, 'automask/scale0': np.array([1, 1, 0, 0])}
+  report.compare('x', ours, reference, reference64)
+  status = {r['quantity']: r['status'] for r in report.rows}
+  assert status == {'a': 'within', 'b': 'float32 rounding', 'c': 'OVER', 'automask/scale0': 'OVER'}
+  mask = next(r for r in report.rows if r['quantity'] == 'automask/scale0')
+  assert mask['max_relative_error'] == pytest.approx(0.25)  # one pixel of four differs
+
+
+def test_report_trees_by_group_scale():
+  """A zero-initialised bias moved by +-lr: a flipped sign counts against the group's scale."""
+  report = reference_parity.Report(tolerance=1e-4)
+  reference = {'g': {'kernel': np.full(3, 0.5), 'bias': np.array([1e-5, -1e-5])}}
+  ours = {'g': {'kernel': np.full(3, 0.5), 'bias': np.array([1e-5, 1e-5])}}
+  report.compare('x', {'params': ours}, {'params': reference}, {'params': reference})
+  (row,) = report.rows
+  assert row['quantity'] == 'params/g' and row['max_relative_error'] == pytest.approx(4e-5)
+  assert row['worst_tensor'] == 'g/bias' and row['worst_tensor_relative_error'] == 2.0
+
+
+def test_not_a_reference_checkout(tmp_path):
+  with pytest.raises(SystemExit, match='not a checkout of .*missing train.py'):
+    reference_parity.import_reference(str(tmp_path))
