@@ -125,7 +125,7 @@ def main() -> None:
   parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
   parser.add_argument('--out', default='')
   args = parser.parse_args()
-  width, height = (int(v) for v in args.size.lower().split('x'))
+  width, height = common.parse_size(args.size)
   if args.worker:
     run = {'jax': run_jax, 'torch': run_torch}[args.worker]
     print(json.dumps(run(args.batch, height, width, args.repeats, args.dtype)))

@@ -271,8 +271,9 @@ class Report:
                      reference64: dict) -> None:
     flat = [_flatten(tree) for tree in (ours, reference, reference64)]
     if set(flat[0]) != set(flat[1]):
-      raise ValueError(f'{prefix}: trees differ: only ours {sorted(set(flat[0]) - set(flat[1]))[:5]}'
-                       f', only the reference {sorted(set(flat[1]) - set(flat[0]))[:5]}')
+      only_ours, only_reference = set(flat[0]) - set(flat[1]), set(flat[1]) - set(flat[0])
+      raise ValueError(f'{prefix}: trees differ: only ours {sorted(only_ours)[:5]}, only the '
+                       f'reference {sorted(only_reference)[:5]}')
     for group in sorted({path.split('/')[0] for path in flat[0]}):
       ours_g, ref_g, ref64_g = ({k: v for k, v in f.items() if k.split('/')[0] == group}
                                 for f in flat)
@@ -533,12 +534,13 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
     trainer.train_step(0)
   (_, outputs), losses = record[0]
   result = {}
+  smoothness_weight = cfg['training']['monodepth_loss']['disparity_smoothness']
   for s in scales:
     disp = outputs['disp', s]
     norm = disp / (disp.mean(2, True).mean(3, True) + 1e-7)
     smooth = float(reference.models_monodepth_layers.get_smooth_loss(norm, inputs['color', 0, s]))
     scale_loss = float(losses[f'loss/{s}'])
-    photometric = scale_loss - cfg['training']['monodepth_loss']['disparity_smoothness'] * smooth / 2 ** s
+    photometric = scale_loss - smoothness_weight * smooth / 2 ** s
     result.update({f'loss/scale{s}': scale_loss, f'photometric/scale{s}': photometric,
                    f'smoothness/scale{s}': smooth})
   # identity_selection is 1 where a reprojection won: the complement of our auto-mask.

@@ -30,11 +30,6 @@ from data_pipelines.synthetic import scene as scene_lib
 from data_pipelines.synthetic import world
 
 
-def _size(text: str) -> tuple[int, int]:
-  width, height = (int(v) for v in text.lower().split('x'))
-  return width, height
-
-
 def _scenes(domain: str, count: int, frames: int):
   """`count` snippets' scenes, built the way render_world builds them (seed 0)."""
   params = scene_lib.SceneParams()
@@ -96,7 +91,8 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
 
   results = []
-  for size in (_size(s) for s in args.sizes.split(',')):  # small sizes first: maxrss is monotonic
+  # Small sizes first: maxrss is monotonic.
+  for size in (common.parse_size(s) for s in args.sizes.split(',')):
     for domain in args.domains.split(','):
       runs = _render_fps(domain, size, args.frames, args.repeats)
       results.append({

@@ -875,7 +875,7 @@ def main() -> None:
   args = parser.parse_args()
   if args.threads > 0:
     torch.set_num_threads(args.threads)
-  width, height = (int(v) for v in args.size.lower().split('x'))
+  width, height = common.parse_size(args.size)
   common.emit(run(args.workload, args.batch, width, height, args.repeats, args.warmup), args.out)
 
 

@@ -36,7 +36,7 @@ def main() -> None:
   parser.add_argument('--out', default='')
   args = parser.parse_args()
   from sdeseg_jax import ops
-  width, height = (int(v) for v in args.size.lower().split('x'))
+  width, height = common.parse_size(args.size)
   device = tpu_plan.topology_devices(args.topology)[0]
   mesh = jax.sharding.Mesh(np.array([device]), ('data',))
   one = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

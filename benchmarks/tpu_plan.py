@@ -190,7 +190,7 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   from sdeseg_jax.models import networks
   try:
-    width, height = (int(v) for v in args.size.lower().split('x'))
+    width, height = common.parse_size(args.size)
   except ValueError:
     print(f'FATAL --size={args.size!r}: expected WIDTHxHEIGHT, e.g. 512x512', file=sys.stderr)
     return 1

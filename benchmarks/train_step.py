@@ -198,7 +198,7 @@ def main() -> None:
   args = parser.parse_args()
   from sdeseg_jax.training import sharding
 
-  width, height = (int(v) for v in args.size.lower().split('x'))
+  width, height = common.parse_size(args.size)
   config = load_config(args.config)
   set_compute_dtype(config, args.dtype)
   if args.tiny:

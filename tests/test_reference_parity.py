@@ -5,7 +5,6 @@ status of a row, and the error for a folder that is not the reference."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from benchmarks import reference_parity
