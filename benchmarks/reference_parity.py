@@ -484,7 +484,7 @@ def sde_part(reference, report: Report, *, batch: int, height: int, width: int, 
       state, ours_batch)
   ours = {}
   for s in scales:
-    ours.update({f'loss/scale{s}': aux['scale_loss'][s], f'photometric/scale{s}':
+    ours.update({f'disparity/scale{s}': outputs['disp'][s], f'loss/scale{s}': aux['scale_loss'][s], f'photometric/scale{s}':
                  aux['photometric'][s], f'smoothness/scale{s}': aux['smoothness'][s]})
   ours.update({'automask/scale0': aux['automask'][..., 0],
                'automask_fraction': metrics['automask_fraction'],
@@ -541,7 +541,7 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
     smooth = float(reference.models_monodepth_layers.get_smooth_loss(norm, inputs['color', 0, s]))
     scale_loss = float(losses[f'loss/{s}'])
     photometric = scale_loss - smoothness_weight * smooth / 2 ** s
-    result.update({f'loss/scale{s}': scale_loss, f'photometric/scale{s}': photometric,
+    result.update({f'disparity/scale{s}': _nhwc(disp), f'loss/scale{s}': scale_loss, f'photometric/scale{s}': photometric,
                    f'smoothness/scale{s}': smooth})
   # identity_selection is 1 where a reprojection won: the complement of our auto-mask.
   result['automask/scale0'] = 1.0 - outputs['identity_selection/0'].detach().numpy()

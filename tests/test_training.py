@@ -153,6 +153,21 @@ def test_loop_trains_and_resume_after_sigterm_is_exact(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_zero_steps_save_the_initial_state_once(tmp_path):
+  """num_steps=0 (a stage started from released weights, trained no further) still leaves its
+  checkpoint: the initial state, at step 0; a rerun finds it and writes nothing."""
+  _run(tmp_path, 'zero', 0)
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / 'zero'))
+  assert checkpointer.latest_step() == 0
+  restored = checkpointer.restore(sharding.replicate(_toy_state(seed=1), sharding.make_mesh()))
+  for a, b in zip(jax.tree.leaves(_toy_state().to_dict()), jax.tree.leaves(restored.to_dict())):
+    np.testing.assert_array_equal(a, b)
+  checkpointer.close()
+  written = os.path.getmtime(tmp_path / 'zero' / '0')
+  _run(tmp_path, 'zero', 0)
+  assert os.path.getmtime(tmp_path / 'zero' / '0') == written
+
+
 def test_nan_metrics_stop_with_step_and_metric_named(tmp_path):
   with pytest.raises(loop.NonFiniteError, match=r"step 4: non-finite training metrics \{'loss'"):
     _run(tmp_path, 'nan', 20, nan_at=3)

@@ -583,3 +583,72 @@ def test_torchvision_file_initialises_entry_point(entry, tmp_path):
     np.testing.assert_array_equal(np.asarray(variables[f'{collection}/{target}/{rest}']), value,
                                   err_msg=key)
   assert len(converted) >= 100  # ResNet18: 100 arrays
+
+
+def _whole_model_checkpoint(folder, path, extra=None):
+  """The four SDE files of `folder` as the reference's Trainer saves the whole model
+  (best_model.pkl: {'epoch', 'model_state': {'models.<name>.<key>': tensor}, ...})."""
+  names = {'encoder.pth': 'encoder', 'depth.pth': 'depth', 'pose_encoder.pth': 'pose_encoder',
+           'pose.pth': 'pose'}
+  state = {}
+  for filename, name in names.items():
+    for key, value in torch.load(folder / filename, weights_only=True).items():
+      if isinstance(value, torch.Tensor):  # encoder.pth's 'height', 'width' are not model state
+        state[f'models.{name}.{key}'] = value
+  torch.save({'epoch': 40001, 'model_state': {**state, **(extra or {})}, 'best_iou': 0.5}, path)
+
+
+@pytest.mark.slow
+def test_whole_model_checkpoint_converts_like_the_four_files(reference_sde, tmp_path):
+  """A whole-model checkpoint (how the reference releases its source SDEs) converts to the same
+  arrays as the four files; other modules in it (a segmentation head) are left out."""
+  pkl = tmp_path / 'best_model_without_opt.pkl'
+  _whole_model_checkpoint(reference_sde['folder'], pkl,
+                          extra={'models.segmentation.head.2.weight': torch.zeros(19, 64, 1, 1)})
+  from_folder = tmp_path / 'folder'
+  from_pkl = tmp_path / 'pkl'
+  assert convert_lib.run('reference_sde', str(reference_sde['folder']), str(from_folder)) == 0
+  assert convert_lib.run('reference_sde', str(pkl), str(from_pkl)) == 0
+  _assert_same_trees(_restore(from_pkl), _restore(from_folder))
+
+
+def test_whole_model_checkpoint_without_an_sde_is_named(tmp_path, capsys):
+  pkl = tmp_path / 'segmenter.pkl'
+  torch.save({'model_state': {'models.encoder.encoder.conv1.weight': torch.zeros(64, 3, 7, 7),
+                              'models.segmentation.head.2.weight': torch.zeros(19, 64, 1, 1)}},
+             pkl)
+  assert convert_lib.run('reference_sde', str(pkl), str(tmp_path / 'out')) == 1
+  err = capsys.readouterr().err
+  assert f'{pkl}: no models.depth.* keys' in err and 'models.segmentation' in err
+
+
+@pytest.mark.slow
+def test_released_source_sde_initialises_the_source_sde_stage(tmp_path):
+  """The reference's SSDA source SDE (ResNet101 OS32 + dec11, a whole-model .pkl) -> convert
+  --output_stride 32 --decoder dec11 -> config.source_sde.init.sde: every array lands in the
+  source model of configs/ssda_gta.py."""
+  from configs import ssda_gta
+  from sdeseg_jax.stages import sde_pretrain
+  x = random_images()
+  encoder = randomize(tr.ResnetEncoder(101, 32), x, seed=8)
+  with torch.no_grad():
+    features = encoder(x)
+  depth = randomize(tr.depth_decoder('dec11', encoder.num_ch_enc), features, seed=9)
+  pose_encoder = randomize(tr.ResnetEncoder(18, 32, num_input_images=2), random_images(6), seed=3)
+  modules = {'encoder': encoder, 'depth': depth, 'pose_encoder': pose_encoder,
+             'pose': tr.PoseDecoder(512)}
+  pkl = tmp_path / 'best_model_without_opt.pkl'
+  torch.save({'model_state': {f'models.{name}.{k}': v for name, module in modules.items()
+                              for k, v in module.state_dict().items()}}, pkl)
+  out = tmp_path / 'sde_gta'
+  assert convert_lib.run('reference_sde', str(pkl), str(out), output_stride=32,
+                         decoder='dec11') == 0
+  config = ssda_gta.get_config()
+  config.source_sde.init.sde = str(out)
+  variables = report_lib.flatten(sde_pretrain.initial_variables(
+      _zeros('sde', config.source_model), config.source_sde.init))
+  converted = report_lib.flatten(_restore(out))
+  for key, value in converted.items():
+    key_ours = re.sub(r'^(params|batch_stats)/(pose_encoder|pose_decoder)/', r'\1/pose/\2/', key)
+    np.testing.assert_array_equal(np.asarray(variables[key_ours]), value, err_msg=key)
+  assert len(converted) > 600

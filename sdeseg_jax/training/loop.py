@@ -113,6 +113,10 @@ def train(state, train_step: Callable, batches: Iterable[dict], *, mesh, num_ste
   start = int(jax.device_get(state.step))
   if start >= num_steps:
     logging.info('Training already at step %d of %d', start, num_steps)
+    if checkpointer.latest_step() is None:
+      # num_steps=0: the initialisation (e.g. released weights) is the stage's trained result.
+      checkpointer.save(start, state, force=True)
+      checkpointer.wait()
     return state
   report = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer)
   progress = _ProgressLine(num_steps, start)

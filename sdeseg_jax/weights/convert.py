@@ -6,6 +6,9 @@
       --depth 18 --num_input_images 2 --out /ckpt/imnet_r18_pose
   python -m sdeseg_jax.weights.convert --from reference_sde \\
       --src mono_cityscapes_1024x512_r101dil_aspp_dec6_lr5_fd2_crop512x512bs4 --out /ckpt/sde
+  python -m sdeseg_jax.weights.convert --from reference_sde \
+      --src gta_rev2_fc046/best_model_without_opt.pkl --output_stride 32 --decoder dec11 \
+      --out /ckpt/sde_gta     # the SSDA source SDE: a whole-model checkpoint
 
 The checkpoint holds one plain nested dict of numpy arrays:
 - torchvision: {'params': <ResNet>, 'batch_stats': <ResNet>};
@@ -68,7 +71,8 @@ def _define_flags() -> None:
   """The command's flags, defined only when it runs (tests and tools import this module)."""
   flags.DEFINE_enum('from', None, ['torchvision', 'reference_sde'], 'format of --src')
   flags.DEFINE_string('src', None, 'torchvision: the .pth file; reference_sde: the folder with '
-                      'encoder.pth, depth.pth, pose_encoder.pth, pose.pth')
+                      'encoder.pth, depth.pth, pose_encoder.pth, pose.pth, or a whole-model '
+                      'checkpoint such as best_model_without_opt.pkl')
   flags.DEFINE_string('out', None, 'checkpoint directory to create')
   flags.mark_flags_as_required(['from', 'src', 'out'])
   flags.DEFINE_integer('depth', 101, 'ResNet depth (the depth encoder for reference_sde)')

@@ -53,6 +53,10 @@ Rename = Callable[[str], 'tuple[tuple[str, ...], str] | str | None']
 
 SDE_FILES = {'encoder': 'encoder.pth', 'depth_decoder': 'depth.pth',
              'pose_encoder': 'pose_encoder.pth', 'pose_decoder': 'pose.pth'}
+# The same components inside the reference's whole-model checkpoints (Trainer.save_resume's
+# best_model.pkl, or its released best_model_without_opt.pkl): 'models.<name>.' key prefixes.
+SDE_MODEL_PREFIXES = {'encoder': 'models.encoder.', 'depth_decoder': 'models.depth.',
+                      'pose_encoder': 'models.pose_encoder.', 'pose_decoder': 'models.pose.'}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,20 +419,46 @@ def import_torchvision_resnet(src, depth: int, output_stride: int = 32, num_inpu
                   f'torchvision resnet{depth} ({num_input_images * 3} input channels)')
 
 
-def import_reference_sde(directory: str | os.PathLike, depth: int = 101, output_stride: int = 16,
+def reference_sde_state_dicts(src: str | os.PathLike) -> dict[str, tuple[str, dict]]:
+  """{component: (where it was read, its state dict)} of a reference SDE: a folder of
+  encoder.pth, depth.pth, pose_encoder.pth and pose.pth, or one whole-model checkpoint file
+  ({'model_state': ...} or a bare state dict, keys 'models.<name>.*')."""
+  src = os.fspath(src)
+  if os.path.isdir(src):
+    files = {name: os.path.join(src, f) for name, f in SDE_FILES.items()}
+    absent = [f for f in files.values() if not os.path.exists(f)]
+    if absent:
+      raise FileNotFoundError(f'reference SDE checkpoint files not found: {absent}')
+    return {name: (os.path.basename(f), load_state_dict(f)) for name, f in files.items()}
+  import torch  # optional dependency: only reading PyTorch files needs it
+  checkpoint = torch.load(src, map_location='cpu', weights_only=True)
+  state = checkpoint.get('model_state', checkpoint)
+  name_of = os.path.basename(src)
+  components = {}
+  for name, prefix in SDE_MODEL_PREFIXES.items():
+    part = {k[len(prefix):]: v.detach().cpu().numpy() for k, v in state.items()
+            if k.startswith(prefix)}
+    if not part:
+      raise report_lib.WeightImportError(
+          f'{src}: no {prefix}* keys; a reference SDE checkpoint holds models.encoder, '
+          f'models.depth, models.pose_encoder and models.pose (found prefixes: '
+          f'{sorted({".".join(k.split(".")[:2]) for k in state})[:8]})')
+    components[name] = (f'{name_of}:{prefix}*', part)
+  return components
+
+
+def import_reference_sde(src: str | os.PathLike, depth: int = 101, output_stride: int = 16,
                          design: str = 'dec6', pose_depth: int = 18,
                          scales: Sequence[int] = (0, 1, 2, 3)
                          ) -> tuple[dict[str, Variables], dict[str, report_lib.LoadReport]]:
-  """The reference's SDE checkpoint folder -> {'encoder', 'depth_decoder', 'pose_encoder',
-  'pose_decoder': {'params': ..., 'batch_stats': ...}} and one load report per component.
+  """The reference's SDE checkpoint (a folder of its four files, or a whole-model .pkl:
+  reference_sde_state_dicts) -> {'encoder', 'depth_decoder', 'pose_encoder', 'pose_decoder':
+  {'params': ..., 'batch_stats': ...}} and one load report per component.
 
   Defaults: the target-domain SDE (ResNet101 OS16 + dec6); the SSDA source-domain SDE is
   output_stride=32, design='dec11'. Raises WeightImportError on any mismatch.
   """
-  files = {name: os.path.join(os.fspath(directory), f) for name, f in SDE_FILES.items()}
-  absent = [f for f in files.values() if not os.path.exists(f)]
-  if absent:
-    raise FileNotFoundError(f'reference SDE checkpoint files not found: {absent}')
+  state_dicts = reference_sde_state_dicts(src)
   enc_channels = encoder_channels(depth)
   pose_channels = encoder_channels(pose_depth)
   jobs = {
@@ -442,9 +472,9 @@ def import_reference_sde(directory: str | os.PathLike, depth: int = 101, output_
   }
   components, reports = {}, {}
   for name, job in jobs.items():
-    converted, expected = job(load_state_dict(files[name]))
-    components[name], reports[name] = _checked(converted, expected,
-                                               f'{name} <- {os.path.basename(files[name])}')
+    source, state_dict = state_dicts[name]
+    converted, expected = job(state_dict)
+    components[name], reports[name] = _checked(converted, expected, f'{name} <- {source}')
   return components, reports
 
 

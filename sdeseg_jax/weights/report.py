@@ -16,11 +16,12 @@ import numpy as np
 
 
 class WeightImportError(ValueError):
-  """A converted tree does not match the expected one (the message names every offending key)."""
+  """A converted tree does not match the expected one (the message names every offending key),
+  or the source is not the kind of checkpoint asked for (a message; no report)."""
 
-  def __init__(self, report: 'LoadReport'):
-    super().__init__(report.describe())
-    self.report = report
+  def __init__(self, report: 'LoadReport | str'):
+    super().__init__(report if isinstance(report, str) else report.describe())
+    self.report = None if isinstance(report, str) else report
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
