@@ -22,7 +22,8 @@ compares every quantity by its relative error, max|ours - reference| / max|refer
   every parameter group and the BatchNorm statistics.
 
 The auto-mask's tie-breaking noise is ours on both sides: the reference's torch.randn is replaced,
-for the one call per scale it makes, by the draws our step takes from its key. The reference also
+for the one call per scale it makes, by the draws our step takes from its key; likewise its
+nn.Dropout modules (the ASPP's p=0.5) apply the masks our step draws. The reference also
 runs in float64: its float32 result's distance from that is the floor of what float32 can agree
 on. The report (JSON) gives every quantity's error and its status: within --tolerance (1e-4), or
 float32 rounding (ours no farther from the float64 reference than twice that floor), or OVER.
@@ -139,6 +140,51 @@ def imagenet_weights(files: dict[int, str]):
       setattr(tv_models, name, builder)
     del tv_models.resnet.model_urls
     model_zoo.load_url = original_load_url
+
+
+@contextlib.contextmanager
+def recorded_dropout():
+  """Yields a list that collects, in call order, the keep masks (float 0/1, NHWC) of every flax
+  Dropout applied inside the block."""
+  import flax.linen as nn
+  masks = []
+
+  def interceptor(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, nn.Dropout) and not context.module.deterministic:
+      # Dropped where the output is 0 but the input is not (where the input is 0, the mask
+      # changes neither the output nor, after a ReLU, the gradient).
+      masks.append(np.asarray(~((out == 0) & (args[0] != 0)), np.float32))
+    return out
+
+  with nn.intercept_methods(interceptor):
+    yield masks
+
+
+def replay_dropout(model, masks: list) -> list:
+  """Every nn.Dropout of the torch `model` applies the next of `masks` (recorded_dropout's, in
+  forward order) instead of its own random draw: both sides drop the same units. Returns the
+  queue of masks not yet used."""
+  import torch
+  queue = list(masks)
+
+  class Replayed(torch.nn.Module):
+    def __init__(self, p):
+      super().__init__()
+      self.p = p
+
+    def forward(self, x):
+      if not self.training or self.p == 0:
+        return x
+      mask = torch.from_numpy(np.moveaxis(queue.pop(0), -1, 1)).to(x.dtype)
+      assert mask.shape == x.shape, (mask.shape, x.shape)
+      return x * mask / (1 - self.p)
+
+  dropouts = [(parent, name, child) for parent in model.modules()
+              for name, child in parent.named_children() if isinstance(child, torch.nn.Dropout)]
+  for parent, name, child in dropouts:
+    setattr(parent, name, Replayed(child.p))
+  return queue
 
 
 @contextlib.contextmanager
@@ -473,9 +519,10 @@ def sde_part(reference, report: Report, *, batch: int, height: int, width: int, 
                     intrinsics=jnp.asarray(intrinsics))
   # The terms, from the same forward pass and noise the step takes (its key derivation).
   dropout_key, noise_key = jax.random.split(state.key)
-  outputs, _ = network.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                             ours_batch['frames_aug'], train=True, mutable=['batch_stats'],
-                             rngs={'dropout': dropout_key})
+  with recorded_dropout() as dropout_masks:
+    outputs, _ = network.apply({'params': state.params, 'batch_stats': state.batch_stats},
+                               ours_batch['frames_aug'], train=True, mutable=['batch_stats'],
+                               rngs={'dropout': dropout_key})
   _, aux = ops.sde_loss(outputs['disp'], ours_batch['frames'], ours_batch['intrinsics'],
                         outputs['pose_prev'], outputs['pose_next'], noise_key,
                         min_depth=sde.min_depth, max_depth=sde.max_depth,
@@ -498,12 +545,13 @@ def sde_part(reference, report: Report, *, batch: int, height: int, width: int, 
                'batch_stats': jax.device_get(new_state.batch_stats)})
 
   step = functools.partial(reference_sde_step, reference, cfg, imagenet, frames, augmented,
-                           intrinsics, noise, scales, workdir)
+                           intrinsics, noise, dropout_masks, scales, workdir)
   report.compare('sde', ours, step('float32'), step('float64'))
 
 
 def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, intrinsics,
-                       noise: list, scales: list, workdir: str, dtype: str) -> dict:
+                       noise: list, dropout_masks: list, scales: list, workdir: str,
+                       dtype: str) -> dict:
   """The reference's Trainer.train_step on the batch, its model in `dtype`: the quantities that
   sde_part compares, the trees in our layout."""
   import torch
@@ -526,6 +574,7 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
   inputs = {key: value.to(to) for key, value in inputs.items()}
   if dtype == 'float64':
     keep_float64(model)
+  unused_masks = replay_dropout(model, dropout_masks)
   trainer = bare_trainer(reference, cfg, model, [inputs])
   calculator = trainer.monodepth_loss_calculator_train
   for module in (*calculator.backproject_depth.values(), *calculator.project_3d.values()):
@@ -535,6 +584,7 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
   # Its noise is added to the [B, 2, H, W] identity losses: ours, channels first.
   with replayed_randn([torch.from_numpy(np.moveaxis(n, -1, 1).copy()).to(to) for n in noise]):
     trainer.train_step(0)
+  assert not unused_masks, f'{len(unused_masks)} of our dropout masks were not used'
   (_, outputs), losses = record[0]
   result = {}
   smoothness_weight = cfg['training']['monodepth_loss']['disparity_smoothness']
