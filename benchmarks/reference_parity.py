@@ -144,8 +144,8 @@ def imagenet_weights(files: dict[int, str]):
 
 @contextlib.contextmanager
 def recorded_dropout():
-  """Yields a list that collects, in call order, the keep masks (float 0/1, NHWC) of every flax
-  Dropout applied inside the block."""
+  """Yields a list that collects, in call order, the keep masks (boolean, NHWC) of every flax
+  Dropout applied inside the block (under jit: return them from the jitted function)."""
   import flax.linen as nn
   masks = []
 
@@ -154,17 +154,17 @@ def recorded_dropout():
     if isinstance(context.module, nn.Dropout) and not context.module.deterministic:
       # Dropped where the output is 0 but the input is not (where the input is 0, the mask
       # changes neither the output nor, after a ReLU, the gradient).
-      masks.append(np.asarray(~((out == 0) & (args[0] != 0)), np.float32))
+      masks.append(~((out == 0) & (args[0] != 0)))
     return out
 
   with nn.intercept_methods(interceptor):
     yield masks
 
 
-def replay_dropout(model, masks: list) -> list:
-  """Every nn.Dropout of the torch `model` applies the next of `masks` (recorded_dropout's, in
-  forward order) instead of its own random draw: both sides drop the same units. Returns the
-  queue of masks not yet used."""
+def replay_dropout(models: list, masks: list) -> list:
+  """Every nn.Dropout of the torch `models` applies the next of `masks` (recorded_dropout's, in
+  forward order, one queue for all) instead of its own random draw: both sides drop the same
+  units. Returns the queue of masks not yet used."""
   import torch
   queue = list(masks)
 
@@ -176,11 +176,11 @@ def replay_dropout(model, masks: list) -> list:
     def forward(self, x):
       if not self.training or self.p == 0:
         return x
-      mask = torch.from_numpy(np.moveaxis(queue.pop(0), -1, 1)).to(x.dtype)
+      mask = torch.from_numpy(np.moveaxis(np.asarray(queue.pop(0)), -1, 1).copy()).to(x.dtype)
       assert mask.shape == x.shape, (mask.shape, x.shape)
       return x * mask / (1 - self.p)
 
-  dropouts = [(parent, name, child) for parent in model.modules()
+  dropouts = [(parent, name, child) for model in models for parent in model.modules()
               for name, child in parent.named_children() if isinstance(child, torch.nn.Dropout)]
   for parent, name, child in dropouts:
     setattr(parent, name, Replayed(child.p))
@@ -259,7 +259,7 @@ def relative_error(ours, reference) -> float:
 
 
 # Quantities that are decisions per pixel: their error is the fraction of pixels that differ.
-DISCRETE = ('automask/scale0',)
+DISCRETE = ('automask/scale0', 'mix/mask', 'mix/pseudo_labels')
 
 
 def _group_error(ours: dict, reference: dict) -> float:
@@ -534,8 +534,9 @@ def sde_part(reference, report: Report, *, batch: int, height: int, width: int, 
       state, ours_batch)
   ours = {}
   for s in scales:
-    ours.update({f'disparity/scale{s}': outputs['disp'][s], f'loss/scale{s}': aux['scale_loss'][s], f'photometric/scale{s}':
-                 aux['photometric'][s], f'smoothness/scale{s}': aux['smoothness'][s]})
+    ours.update({f'disparity/scale{s}': outputs['disp'][s], f'loss/scale{s}': aux['scale_loss'][s],
+                 f'photometric/scale{s}': aux['photometric'][s],
+                 f'smoothness/scale{s}': aux['smoothness'][s]})
   ours.update({'automask/scale0': aux['automask'][..., 0],
                'automask_fraction': metrics['automask_fraction'],
                'feature_distance': metrics['loss/feature_distance'],
@@ -574,7 +575,7 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
   inputs = {key: value.to(to) for key, value in inputs.items()}
   if dtype == 'float64':
     keep_float64(model)
-  unused_masks = replay_dropout(model, dropout_masks)
+  unused_masks = replay_dropout([model], dropout_masks)
   trainer = bare_trainer(reference, cfg, model, [inputs])
   calculator = trainer.monodepth_loss_calculator_train
   for module in (*calculator.backproject_depth.values(), *calculator.project_3d.values()):
@@ -594,8 +595,8 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
     smooth = float(reference.models_monodepth_layers.get_smooth_loss(norm, inputs['color', 0, s]))
     scale_loss = float(losses[f'loss/{s}'])
     photometric = scale_loss - smoothness_weight * smooth / 2 ** s
-    result.update({f'disparity/scale{s}': _nhwc(disp), f'loss/scale{s}': scale_loss, f'photometric/scale{s}': photometric,
-                   f'smoothness/scale{s}': smooth})
+    result.update({f'disparity/scale{s}': _nhwc(disp), f'loss/scale{s}': scale_loss,
+                   f'photometric/scale{s}': photometric, f'smoothness/scale{s}': smooth})
   # identity_selection is 1 where a reprojection won: the complement of our auto-mask.
   result['automask/scale0'] = 1.0 - outputs['identity_selection/0'].detach().numpy()
   result['automask_fraction'] = np.mean([1 - float(outputs[f'identity_selection/{s}'].mean())
@@ -665,7 +666,213 @@ def adam_gradients(opt_state, b1: float = 0.9) -> dict:
   return gradients
 
 
-PARTS = {'sde': sde_part}
+# ---------------------------------------------------------------------------------------------
+# (b) Segment: transfer network + DepthMix
+
+
+REFERENCE_IGNORE = 250  # the reference's ignore index (ours: ops.segmentation.IGNORE_LABEL)
+
+
+def transfer_reference_config(reference, batch: int, height: int, width: int) -> dict:
+  """The branch's own segmentation config (configs/ssda.yml) set as its experiments set the SSL
+  transfer network with Target-Domain DepthMix: ResNet101 OS16 from the SDE, the SDE's dec6
+  decoder with the 64-channel head on level 0 (experiments.set_segmentation_args), SGD 1e-2 / 1e-3
+  for the encoder, weight decay 5e-4, clip 10 (experiments.setup_optimizer), DepthMix on depth
+  labels with the ground truth of labeled mixing rows (mix_use_gt), margin 0.03. No source data;
+  colour jitter and blur off (their draws are kornia's and numpy's, not ours)."""
+  cfg = reference_config(reference, 'ssda.yml')
+  cfg, _ = reference.experiments.decoder_variant(cfg, 6, [height, width])
+  cfg = reference.experiments.set_segmentation_args(cfg, seg_init=PARITY_SDE, layers=[9],
+                                                    head_inter=False, output_stride=1)
+  cfg['model'].update(backbone_pretraining=PARITY_SDE, depth_pretraining='none')
+  cfg['monodepth_options'].update(height=height, width=width, crop_h=height, crop_w=width)
+  cfg = reference.experiments.setup_optimizer(cfg, 'sgd', lr=1e-2, blr=1e-3, plr=None, slr=None,
+                                              gclip=10)
+  cfg['training'].update(batch_size=batch, amp=False, lr_schedule=None, unlabeled_segmentation=dict(
+      intra_domain_mix=True, inter_domain_mix=False, mix_mask='depthcomp', only_unlabeled=False,
+      mix_use_gt=True, depthcomp_margin=0.03, color_jitter=False, blur=False,
+      depthmix_online_depth=False))
+  cfg.pop('source_data')
+  cfg['source_data'] = {}
+  cfg['matching_geometry']['enabled'] = False
+  return reference.train.prepare_config_logic(cfg)
+
+
+def segment_batch(batch: int, height: int, width: int, num_classes: int, seed: int) -> dict:
+  """Our segment step's batch: a labeled batch and a mixing batch (row 0 labeled, row 1 not),
+  labels with ignored pixels, min-max normalised disparity labels."""
+  rng = np.random.default_rng(seed + 50)
+  from sdeseg_jax.ops import segmentation
+  images = [street_frames(batch, height, width, seed + k)[:, 1] for k in (1, 2)]
+  labels = rng.integers(0, num_classes, (2, batch, height, width)).astype(np.int32)
+  labels[:, :, :height // 8] = segmentation.IGNORE_LABEL  # a band of unlabeled pixels
+  disparity = rng.uniform(size=(batch, height // 8, width // 8))
+  disparity = np.asarray(jax.image.resize(disparity, (batch, height, width), 'linear'))
+  low, high = disparity.min((1, 2), keepdims=True), disparity.max((1, 2), keepdims=True)
+  depth = ((disparity - low) / (high - low)).astype(np.float32)[..., None]
+  labeled = np.arange(batch) == 0
+  mix_label = np.where(labeled[:, None, None], labels[1], segmentation.IGNORE_LABEL)
+  return {'labeled': dict(image=images[0], label=labels[0]),
+          'mix': dict(image=images[1], label=mix_label.astype(np.int32), labeled=labeled,
+                      depth=depth)}
+
+
+def transfer_tree(model, gradients: bool = False) -> dict:
+  """The reference's transfer model (or its gradients) as a tree of our layout."""
+  import torch
+  from sdeseg_jax.weights import importers
+
+  def state(module):
+    state = module.state_dict()
+    if gradients:
+      state.update({k: p.grad if p.grad is not None else torch.zeros_like(p)
+                    for k, p in module.named_parameters()})
+    return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in state.items()}
+
+  parts = {'encoder': importers.convert_resnet(state(model.models['encoder']), 'encoder')[0]}
+  decoder = importers.convert_joint_seg_depth_decoder(state(model.models['segmentation']))
+  parts['seg_decoder'], parts['seg_head'] = decoder['decoder'][0], decoder['head'][0]
+  return {c: {name: part[c] for name, part in parts.items() if part.get(c)}
+          for c in ('params', 'batch_stats')}
+
+
+def segment_part(reference, report: Report, *, batch: int, height: int, width: int, seed: int,
+                 workdir: str) -> None:
+  """Transfer network + DepthMix: the reference's Trainer.train_step (labeled CE, then its
+  train_step_segmentation_unlabeled: the mean teacher in train mode, the DepthMix mask, the mixed
+  images and teacher distributions, the quality-weighted CE; clipping, SGD, the teacher update)
+  against our segment step (configs/ssl_cityscapes.py, method=depthmix)."""
+  import torch
+  from configs import ssl_cityscapes
+  from sdeseg_jax.models import networks
+  from sdeseg_jax.ops import segmentation
+  from sdeseg_jax.stages import segment
+  num_classes = 19
+  reference.models_utils.MachineConfig.DOWNLOAD_MODEL_DIR = workdir
+  cfg = transfer_reference_config(reference, batch, height, width)
+  write_reference_sde(reference, sde_reference_config(reference, batch, height, width),
+                      os.path.join(workdir, PARITY_SDE), seed)
+
+  # The reference's model: the SDE's encoder and decoder, its own random head (both sides start
+  # from this one).
+  torch.manual_seed(seed)
+  model = reference.models.get_model(cfg['model'], num_classes)
+  initial_segmentation = {k: v.clone()
+                          for k, v in model.models['segmentation'].state_dict().items()}
+  head = transfer_tree(model)['params']['seg_head']
+
+  # Ours: the converted SDE through config.segment, the reference's head over our random one.
+  config = ssl_cityscapes.get_config('method=depthmix')
+  config.seed = seed
+  seg = config.segment
+  seg.sde_checkpoint = convert('reference_sde', os.path.join(workdir, PARITY_SDE),
+                               os.path.join(workdir, 'sde_ckpt'))
+  seg.strong_augment.update(jitter_prob=0.0, blur_prob=0.0)
+  seg.batch_size = seg.mix_batch_size = batch
+  network = networks.build('transfer', config.model)
+  state = segment.create_state(config, workdir, network)
+  params = dict(state.params, seg_head=jax.tree.map(jnp.asarray, head))
+  state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params),
+                        opt_state=state.tx.init(params))
+  batch_arrays = segment_batch(batch, height, width, num_classes, seed)
+  ours_batch = jax.tree.map(jnp.asarray, batch_arrays)
+  loss_fn = segment.make_loss(network, config, num_classes)
+
+  @jax.jit
+  def loss_and_gradients(state, batch):
+    with recorded_dropout() as masks:
+      (loss, (metrics, _, mixes)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+          state.params, state, batch)
+    return loss, metrics, mixes, grads, masks
+
+  _, metrics, mixes, grads, masks = loss_and_gradients(state, ours_batch)
+  norm = jnp.sqrt(sum(jnp.sum(g ** 2) for g in jax.tree.leaves(grads)))
+  clipped = jax.tree.map(lambda g: g * jnp.minimum(1.0, seg.optim.clip_norm / norm), grads)
+  new_state, _ = jax.jit(segment.make_train_step(network, config, num_classes))(state, ours_batch)
+  ours = {'loss/supervised': metrics['loss/supervised'],
+          'loss/unlabeled (quality-weighted)':
+              metrics['pseudo_label_quality'] * metrics['loss/unlabeled'],
+          'pseudo_label_quality': metrics['pseudo_label_quality'],
+          'mix/mask': mixes['mix']['mask'][..., 0], 'mix/images': mixes['mix']['images'],
+          'mix/pseudo_labels': mixes['mix']['pseudo'],
+          'gradients': jax.device_get(clipped), 'params': jax.device_get(new_state.params),
+          'teacher': jax.device_get(new_state.ema_params),
+          'batch_stats': jax.device_get(new_state.batch_stats)}
+
+  def reference_step(dtype):
+    return reference_transfer_step(reference, cfg, initial_segmentation, batch_arrays, masks,
+                                   num_classes, dtype, segmentation.IGNORE_LABEL)
+
+  report.compare('segment', ours, reference_step('float32'), reference_step('float64'))
+
+
+def reference_transfer_step(reference, cfg: dict, initial_segmentation: dict, arrays: dict,
+                            masks: list, num_classes: int, dtype: str, ignore: int) -> dict:
+  """The reference's Trainer.train_step (step 1) on segment_batch's arrays, its model in `dtype`
+  from the SDE files and the segmentation head `initial_segmentation`: the quantities that
+  segment_part compares, the trees in our layout."""
+  import torch
+  cfg = copy.deepcopy(cfg)
+  to = getattr(torch, dtype)
+  model = reference.models.get_model(cfg['model'], num_classes)
+  model.models['segmentation'].load_state_dict(initial_segmentation)
+  trainer = bare_trainer(reference, cfg, model, [None])
+  trainer.n_classes = num_classes
+  trainer.ema_model = trainer.create_ema_model(model)  # from the float32 weights, then both cast
+  model.to(to)
+  trainer.ema_model.to(to)
+  trainer.unlabeled_loader = types.SimpleNamespace(ignore_index=REFERENCE_IGNORE)
+
+  def labels(x):
+    return torch.from_numpy(np.where(x == ignore, REFERENCE_IGNORE, x).astype(np.int64))
+
+  labeled, mix = arrays['labeled'], arrays['mix']
+  trainer.train_data_loader = iter([{('color_aug', 0, 0): _nchw(labeled['image']).to(to),
+                                     'lbl': labels(labeled['label'])}])
+  onehot = np.moveaxis(np.eye(num_classes, dtype=np.float32)[np.minimum(mix['label'],
+                                                                          num_classes)
+                                                              .clip(0, num_classes - 1)], -1, 1)
+  onehot *= (mix['label'] != ignore)[:, None]
+  unlabeled = {('color_aug', 0, 0): _nchw(mix['image']).to(to),
+               'pseudo_depth': torch.from_numpy(mix['depth'][..., 0]).to(to),
+               'is_labeled': torch.from_numpy(mix['labeled']),
+               'onehot_lbl': torch.from_numpy(onehot).to(to), 'lbl': labels(mix['label']),
+               'filename': [f'image{i}' for i in range(len(mix['labeled']))]}
+  trainer.enable_unlabled_segmentation = True
+  trainer.unlabeled_data_loader = iter([unlabeled])
+  unused = replay_dropout([model, trainer.ema_model], masks)
+  record = {}
+  original_mask = trainer.generate_mix_mask
+  trainer.generate_mix_mask = lambda *a: record.setdefault('mask', original_mask(*a))
+  original_loss = trainer.calc_pseudo_label_loss
+
+  def pseudo_label_loss(teacher_softmax, student_logits):
+    loss, pseudo = original_loss(teacher_softmax=teacher_softmax, student_logits=student_logits)
+    max_probs = torch.max(teacher_softmax, dim=1)[0]
+    record.update(unlabeled=loss, pseudo=pseudo, quality=float(
+        (max_probs >= 0.968).float().mean()), images=unlabeled['color_aug', 0, 0])
+    return loss, pseudo
+
+  trainer.calc_pseudo_label_loss = pseudo_label_loss
+  supervised = []
+  recording(trainer, 'train_step_segmentation', supervised)
+  trainer.train_step(1)
+  assert not unused, f'{len(unused)} of our dropout masks were not used'
+  pseudo = record['pseudo'].numpy()
+  result = {'loss/supervised': float(supervised[0][1]),
+            'loss/unlabeled (quality-weighted)': float(record['unlabeled']),
+            'pseudo_label_quality': record['quality'],
+            'mix/mask': record['mask'].float().numpy(), 'mix/images': _nhwc(record['images']),
+            'mix/pseudo_labels': np.where(pseudo == REFERENCE_IGNORE, ignore, pseudo)}
+  result['gradients'] = transfer_tree(model, gradients=True)['params']
+  after = transfer_tree(model)
+  result.update(params=after['params'], batch_stats=after['batch_stats'],
+                teacher=transfer_tree(trainer.ema_model)['params'])
+  return result
+
+
+PARTS = {'sde': sde_part, 'segment': segment_part}
 
 
 def main(argv=None) -> int:
