@@ -20,6 +20,13 @@ compares every quantity by its relative error, max|ours - reference| / max|refer
   the disparities and every per-scale loss, photometric and smoothness term, the auto-mask, the
   feature distance, the total, the gradients of each parameter group, and after the Adam step
   every parameter group and the BatchNorm statistics.
+- segment: the transfer network with Target-Domain DepthMix. Both sides start from the same SDE
+  files (ours through config.segment.sde_checkpoint) and the reference's random head. The
+  reference's Trainer.train_step (configs/ssda.yml set up as its experiments set it) runs against
+  our segment step (configs/ssl_cityscapes.py:method=depthmix). Compared: the supervised and
+  quality-weighted unlabeled losses, the pseudo-label quality, the DepthMix mask, the mixed images
+  and pseudo-labels, the clipped gradients, and after the SGD step the parameters, the mean
+  teacher and the BatchNorm statistics. Colour jitter and blur are off on both sides.
 
 The auto-mask's tie-breaking noise is ours on both sides: the reference's torch.randn is replaced,
 for the one call per scale it makes, by the draws our step takes from its key; likewise its

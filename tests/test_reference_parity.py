@@ -57,3 +57,31 @@ def test_report_trees_by_group_scale():
 def test_not_a_reference_checkout(tmp_path):
   with pytest.raises(SystemExit, match='not a checkout of .*missing train.py'):
     reference_parity.import_reference(str(tmp_path))
+
+
+def test_dropout_masks_recorded_in_flax_replay_in_torch():
+  """The units our (jitted) Dropout drops are the units the torch module drops after
+  replay_dropout: equal outputs, and every recorded mask is used."""
+  torch = pytest.importorskip('torch')
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dropout(0.5, deterministic=False)(nn.relu(x))
+
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
+
+  @jax.jit
+  def forward(x):
+    with reference_parity.recorded_dropout() as masks:
+      y = Net().apply({}, x, rngs={'dropout': jax.random.key(1)})
+    return y, masks
+
+  ours, masks = forward(x)
+  assert len(masks) == 1 and 0 < float(jnp.mean(masks[0])) < 1
+  module = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.Dropout(0.5))
+  unused = reference_parity.replay_dropout([module], masks)
+  theirs = module(torch.from_numpy(np.moveaxis(np.asarray(x), -1, 1).copy()))
+  np.testing.assert_allclose(np.moveaxis(theirs.numpy(), 1, -1), ours, rtol=1e-6)
+  assert not unused
