@@ -6,8 +6,8 @@
       --depth 18 --num_input_images 2 --out /ckpt/imnet_r18_pose
   python -m sdeseg_jax.weights.convert --from reference_sde \\
       --src mono_cityscapes_1024x512_r101dil_aspp_dec6_lr5_fd2_crop512x512bs4 --out /ckpt/sde
-  python -m sdeseg_jax.weights.convert --from reference_sde \
-      --src gta_rev2_fc046/best_model_without_opt.pkl --output_stride 32 --decoder dec11 \
+  python -m sdeseg_jax.weights.convert --from reference_sde \\
+      --src gta_rev2_fc046/best_model_without_opt.pkl --output_stride 32 --decoder dec11 \\
       --out /ckpt/sde_gta     # the SSDA source SDE: a whole-model checkpoint
 
 The checkpoint holds one plain nested dict of numpy arrays:

@@ -436,8 +436,8 @@ def reference_sde_state_dicts(src: str | os.PathLike) -> dict[str, tuple[str, di
   name_of = os.path.basename(src)
   components = {}
   for name, prefix in SDE_MODEL_PREFIXES.items():
-    part = {k[len(prefix):]: v.detach().cpu().numpy() for k, v in state.items()
-            if k.startswith(prefix)}
+    part = {k[len(prefix):]: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+            for k, v in state.items() if k.startswith(prefix)}
     if not part:
       raise report_lib.WeightImportError(
           f'{src}: no {prefix}* keys; a reference SDE checkpoint holds models.encoder, '
