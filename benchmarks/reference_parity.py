@@ -708,8 +708,8 @@ def transfer_reference_config(reference, batch: int, height: int, width: int) ->
 def segment_batch(batch: int, height: int, width: int, num_classes: int, seed: int) -> dict:
   """Our segment step's batch: a labeled batch and a mixing batch (row 0 labeled, row 1 not),
   labels with ignored pixels, min-max normalised disparity labels."""
-  rng = np.random.default_rng(seed + 50)
   from sdeseg_jax.ops import segmentation
+  rng = np.random.default_rng(seed + 50)
   images = [street_frames(batch, height, width, seed + k)[:, 1] for k in (1, 2)]
   labels = rng.integers(0, num_classes, (2, batch, height, width)).astype(np.int32)
   labels[:, :, :height // 8] = segmentation.IGNORE_LABEL  # a band of unlabeled pixels
@@ -837,16 +837,15 @@ def reference_transfer_step(reference, cfg: dict, initial_segmentation: dict, ar
   labeled, mix = arrays['labeled'], arrays['mix']
   trainer.train_data_loader = iter([{('color_aug', 0, 0): _nchw(labeled['image']).to(to),
                                      'lbl': labels(labeled['label'])}])
-  onehot = np.moveaxis(np.eye(num_classes, dtype=np.float32)[np.minimum(mix['label'],
-                                                                          num_classes)
-                                                              .clip(0, num_classes - 1)], -1, 1)
-  onehot *= (mix['label'] != ignore)[:, None]
+  # Its one-hot ground truth of labeled mixing rows: all zero at ignored pixels.
+  valid = mix['label'] != ignore
+  onehot = np.eye(num_classes, dtype=np.float32)[np.where(valid, mix['label'], 0)]
+  onehot = np.ascontiguousarray(np.moveaxis(onehot * valid[..., None], -1, 1))
   unlabeled = {('color_aug', 0, 0): _nchw(mix['image']).to(to),
                'pseudo_depth': torch.from_numpy(mix['depth'][..., 0]).to(to),
                'is_labeled': torch.from_numpy(mix['labeled']),
                'onehot_lbl': torch.from_numpy(onehot).to(to), 'lbl': labels(mix['label']),
                'filename': [f'image{i}' for i in range(len(mix['labeled']))]}
-  trainer.enable_unlabled_segmentation = True
   trainer.unlabeled_data_loader = iter([unlabeled])
   unused = replay_dropout([model, trainer.ema_model], masks)
   record = {}
