@@ -325,7 +325,9 @@ class Report:
 
   def _compare_trees(self, part: str, prefix: str, ours: dict, reference: dict,
                      reference64: dict) -> None:
-    flat = [_flatten(tree) for tree in (ours, reference, reference64)]
+    from sdeseg_jax.weights import report as report_lib
+    flat = [{k: np.asarray(v) for k, v in report_lib.flatten(tree).items()}
+            for tree in (ours, reference, reference64)]
     if set(flat[0]) != set(flat[1]):
       only_ours, only_reference = set(flat[0]) - set(flat[1]), set(flat[1]) - set(flat[0])
       raise ValueError(f'{prefix}: trees differ: only ours {sorted(only_ours)[:5]}, only the '
@@ -339,17 +341,6 @@ class Report:
                 _group_error(ours_g, ref64_g))
       self._row(part, f'{prefix}/{group}', errors, tensors=len(ours_g), worst_tensor=worst,
                 worst_tensor_relative_error=per_tensor[worst])
-
-
-def _flatten(tree: dict, prefix: str = '') -> dict:
-  flat = {}
-  for key, value in tree.items():
-    path = f'{prefix}/{key}' if prefix else str(key)
-    if isinstance(value, dict):
-      flat.update(_flatten(value, path))
-    else:
-      flat[path] = np.asarray(value)
-  return flat
 
 
 # ---------------------------------------------------------------------------------------------
