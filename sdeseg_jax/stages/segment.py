@@ -350,19 +350,9 @@ def make_loss(network, config: ml_collections.ConfigDict, num_classes: int):
       metrics['loss/sde_labeled'] = sde_term
       loss = loss + seg.sde_weight * sde_term
     # The teacher sees the BatchNorm statistics the labeled batch has just updated.
-    probs = (teacher(state.ema_params, stats, batch['mix'], keys['teacher_dropout'])
-             if uses_teacher(seg) else None)
-    if seg.mix != 'none':
-      mixed, stats = mix_inputs(params, probs, stats, batch['mix'], keys)
-      mixes['mix'] = mixed
-      out, stats = run(params, stats, mixed['images'], keys['mixed_dropout'])
-      unlabeled = segmentation.cross_entropy(out['logits'], mixed['pseudo'],
-                                             reduction=seg.unlabeled_loss)
-      loss = loss + seg.sde_weight * mixed['sde_term'] + mixed['quality'] * unlabeled
-      metrics.update({'loss/unlabeled': unlabeled, 'pseudo_label_quality': mixed['quality'],
-                      'mask_fraction': jnp.mean(mixed['mask'])})
-      if online_depth(seg):
-        metrics['loss/sde_mix'] = mixed['sde_term']
+    labeled_stats = stats
+    # The student's forwards run in the reference's order (labeled, source, Cross-Domain mix,
+    # Target-Domain mix): its BatchNorm running statistics depend on it.
     if seg.source.enabled:
       source = batch['source']
       if seg.source.matching_geometry:
@@ -375,17 +365,30 @@ def make_loss(network, config: ml_collections.ConfigDict, num_classes: int):
       source_loss = segmentation_loss(out, source['label'])
       metrics['loss/source'] = source_loss
       loss = loss + source_loss
-      if seg.source.mix != 'none':
-        cross = cross_inputs(source, probs, batch['mix'], keys['cross_mixing'])
-        mixes['cross'] = cross
-        out, stats = run(params, stats, cross['images'], keys['cross_dropout'])
-        cross_loss = segmentation.cross_entropy(out['logits'], cross['labels'],
-                                                weights=cross['weights'],
-                                                reduction=seg.unlabeled_loss)
-        loss = loss + cross_loss
-        metrics.update({'loss/cross_domain': cross_loss,
-                        'cross_domain/source_fraction': jnp.mean(cross['mask']),
-                        'cross_domain/quality': cross['quality']})
+    probs = (teacher(state.ema_params, labeled_stats, batch['mix'], keys['teacher_dropout'])
+             if uses_teacher(seg) else None)
+    if seg.source.enabled and seg.source.mix != 'none':
+      cross = cross_inputs(mixes['source'], probs, batch['mix'], keys['cross_mixing'])
+      mixes['cross'] = cross
+      out, stats = run(params, stats, cross['images'], keys['cross_dropout'])
+      cross_loss = segmentation.cross_entropy(out['logits'], cross['labels'],
+                                              weights=cross['weights'],
+                                              reduction=seg.unlabeled_loss)
+      loss = loss + cross_loss
+      metrics.update({'loss/cross_domain': cross_loss,
+                      'cross_domain/source_fraction': jnp.mean(cross['mask']),
+                      'cross_domain/quality': cross['quality']})
+    if seg.mix != 'none':
+      mixed, stats = mix_inputs(params, probs, stats, batch['mix'], keys)
+      mixes['mix'] = mixed
+      out, stats = run(params, stats, mixed['images'], keys['mixed_dropout'])
+      unlabeled = segmentation.cross_entropy(out['logits'], mixed['pseudo'],
+                                             reduction=seg.unlabeled_loss)
+      loss = loss + seg.sde_weight * mixed['sde_term'] + mixed['quality'] * unlabeled
+      metrics.update({'loss/unlabeled': unlabeled, 'pseudo_label_quality': mixed['quality'],
+                      'mask_fraction': jnp.mean(mixed['mask'])})
+      if online_depth(seg):
+        metrics['loss/sde_mix'] = mixed['sde_term']
     metrics['loss/total'] = loss
     return loss, (metrics, stats, mixes)
 
