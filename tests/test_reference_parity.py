@@ -85,3 +85,34 @@ def test_dropout_masks_recorded_in_flax_replay_in_torch():
   theirs = module(torch.from_numpy(np.moveaxis(np.asarray(x), -1, 1).copy()))
   np.testing.assert_allclose(np.moveaxis(theirs.numpy(), 1, -1), ours, rtol=1e-6)
   assert not unused
+
+
+def test_report_explained_differences(monkeypatch):
+  """A difference over the tolerance that EXPLAINED names is 'explained', with its reason."""
+  monkeypatch.setitem(reference_parity.EXPLAINED, ('x', 'c'), 'why it differs')
+  report = reference_parity.Report(tolerance=1e-4)
+  report.compare('x', {'c': 1.5, 'd': 1.5}, {'c': 1.0, 'd': 1.0}, {'c': 1.0, 'd': 1.0})
+  rows = {r['quantity']: r for r in report.rows}
+  assert rows['c']['status'] == 'explained' and rows['c']['explanation'] == 'why it differs'
+  assert rows['d']['status'] == 'OVER'  # the same error, not named
+
+
+def test_replayed_python_random_gives_the_draws_then_restores():
+  import random
+  original = random.random, random.choice
+  with reference_parity.replayed_python_random([2, 0], [0.75]):
+    assert random.choice('abc') == 'c' and random.choice('abc') == 'a'
+    assert random.random() == 0.75
+  assert (random.random, random.choice) == original
+  with pytest.raises(AssertionError, match='not used'):
+    with reference_parity.replayed_python_random([1], []):
+      pass
+  assert (random.random, random.choice) == original
+
+
+def test_cuda_on_cpu_is_the_identity_inside_only():
+  torch = pytest.importorskip('torch')
+  x = torch.ones(2)
+  with reference_parity.cuda_on_cpu():
+    assert x.cuda() is x
+  assert torch.Tensor.cuda is not None and x.cuda.__name__ == 'cuda'
