@@ -285,7 +285,7 @@ def relative_error(ours, reference) -> float:
 
 # Quantities that are decisions (per pixel, or the chosen images): their error is the fraction of
 # elements that differ.
-DISCRETE = ('automask/scale0', 'mix/mask', 'mix/pseudo_labels', 'chosen', 'cross/mask',
+DISCRETE = ('automask/scale0', 'choice', 'mix/mask', 'mix/pseudo_labels', 'chosen', 'cross/mask',
             'cross/labels', 'matching_geometry/chosen')
 
 
@@ -580,14 +580,70 @@ def sde_part(reference, report: Report, *, batch: int, height: int, width: int, 
 
   step = functools.partial(reference_sde_step, reference, cfg, imagenet, frames, augmented,
                            intrinsics, noise, dropout_masks, scales, workdir)
-  report.compare('sde', ours, step('float32'), step('float64'))
+  ours['choice'] = np.stack([np.asarray(aux['choice'][s]) for s in scales])
+  runs = {dtype: step(dtype) for dtype in ('float32', 'float64')}
+  report.compare('sde', ours, runs['float32'], runs['float64'])
+  classify_choices(report, 'sde', ours['choice'], runs['float32'], runs['float64'])
+
+
+# The per-pixel decisions of the photometric minimum: their rows count as float32 rounding when
+# every differing decision is between candidates closer than this many times the reference's own
+# float32 error of the candidates.
+DECISION_ROWS = ('choice', 'automask/scale0')
+
+
+def classify_choices(report: Report, part: str, ours: np.ndarray, reference: dict,
+                     reference64: dict) -> None:
+  """Rows DECISION_ROWS over the tolerance become 'float32 rounding' when every pixel whose
+  choice differs ([S, B, H, W] `ours` against reference['choice']) is a near tie: its two
+  candidates differ (in the float64 reference) by at most twice the largest float32 error of the
+  reference's candidates (reference vs reference64 'candidates', [S, B, 4, H, W]), which is the
+  size of SSIM's per-pixel float32 error (its E[x^2] - E[x]^2 variances cancel) on either side."""
+  flips = np.argwhere(ours != reference['choice'])
+  if not len(flips):
+    return
+  candidates, exact = reference['candidates'], reference64['candidates']
+  error = float(np.max(np.abs(candidates - exact)))
+  margins = [abs(float(exact[s, b, ours[s, b, y, x], y, x] - exact[s, b, reference['choice'][
+      s, b, y, x], y, x])) for s, b, y, x in flips]
+  if max(margins) > 2 * error:
+    return
+  for row in report.rows:
+    if row['part'] == part and row['quantity'] in DECISION_ROWS and row['status'] == 'OVER':
+      row['status'] = 'float32 rounding'
+      row['near_ties'] = dict(pixels=len(flips), largest_margin=max(margins),
+                              reference_float32_candidate_error=error)
+      print(f"{part:6s} {row['quantity']:32s} float32 rounding: {len(flips)} near ties (margin "
+            f'<= {max(margins):.2e}, the candidates\' float32 error {error:.2e})', flush=True)
+
+
+@contextlib.contextmanager
+def photometric_minimum(taken: list):
+  """Records the reference's per-pixel minimum over its [B, 4, H, W] photometric candidates
+  (torch.min(x, dim=1) in compute_losses): (candidate index [B, H, W], candidates) per call, one
+  call per scale."""
+  import torch
+  original = torch.min
+
+  def minimum(x, *args, **kwargs):
+    result = original(x, *args, **kwargs)
+    dim = kwargs.get('dim', args[0] if args else None)
+    if torch.is_tensor(x) and x.dim() == 4 and x.shape[1] == 4 and dim == 1:
+      taken.append((result[1].numpy().copy(), x.detach().numpy().copy()))
+    return result
+
+  torch.min = minimum
+  try:
+    yield
+  finally:
+    torch.min = original
 
 
 def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, intrinsics,
                        noise: list, dropout_masks: list, scales: list, workdir: str,
                        dtype: str) -> dict:
   """The reference's Trainer.train_step on the batch, its model in `dtype`: the quantities that
-  sde_part compares, the trees in our layout."""
+  sde_part compares, the trees in our layout (and its photometric candidates)."""
   import torch
   cfg = copy.deepcopy(cfg)  # its set-up pops entries
   to = getattr(torch, dtype)
@@ -606,11 +662,14 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
     module.to(to)
   record = []
   recording(calculator, 'compute_losses', record)
-  with replayed_randn([torch.from_numpy(n).to(to) for n in noise]):
+  taken = []
+  with replayed_randn([torch.from_numpy(n).to(to) for n in noise]), \
+      photometric_minimum(taken):
     trainer.train_step(0)
   assert not unused_masks, f'{len(unused_masks)} of our dropout masks were not used'
   outputs, losses = record[0].args[1], record[0].result
-  result = {}
+  result = {'choice': np.stack([index for index, _ in taken]),
+            'candidates': np.stack([values for _, values in taken]).astype(np.float64)}
   smoothness_weight = cfg['training']['monodepth_loss']['disparity_smoothness']
   for s in scales:
     disp = outputs['disp', s]
@@ -628,8 +687,9 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
   result['feature_distance'] = distance
   result['loss/sde'] = float(losses['loss'])
   result['loss/total'] = float(losses['loss']) + cfg['training']['feat_dist_lambda'] * distance
-  gradients = sde_tree(model, os.path.join(workdir, f'gradients_{dtype}'), gradients=True)
-  after = sde_tree(model, os.path.join(workdir, f'after_{dtype}'))
+  gradients = sde_tree(model, tempfile.mkdtemp(prefix=f'gradients_{dtype}_', dir=workdir),
+                       gradients=True)
+  after = sde_tree(model, tempfile.mkdtemp(prefix=f'after_{dtype}_', dir=workdir))
   result.update(gradients=gradients['params'], params=after['params'],
                 batch_stats=after['batch_stats'])
   return result
@@ -686,7 +746,6 @@ def sde_tree(model, folder: str, gradients: bool = False) -> dict:
   import torch
   from sdeseg_jax.weights import importers
   from sdeseg_jax.weights import layouts
-  os.makedirs(folder)
   for name, filename in SDE_FILES.items():
     torch.save(module_state(model.models[name], gradients), os.path.join(folder, filename))
   with contextlib.redirect_stdout(sys.stderr):

@@ -65,6 +65,23 @@ def test_batch_norm_statistics_are_counted_apart():
   assert stats == 2 * scales
 
 
+def test_batch_norm_variance_keeps_float32_accuracy_where_the_mean_is_large():
+  """Two values per channel far from zero (the ASPP pooling branch at batch 2): the variance,
+  shifted by the running mean, is as accurate as float32 allows; E[x^2] - E[x]^2 would lose it
+  (here: 0 for a spread of 2e-3 around 30)."""
+  x = np.array([30.0, 30.002], np.float32).reshape(2, 1, 1, 1)
+  bn = layers.BatchNorm()
+  variables = bn.init(KEY, jnp.asarray(x))
+  variables = {'params': variables['params'],
+               'batch_stats': {'mean': jnp.full((1,), 30.0), 'var': jnp.ones((1,))}}
+  y, _ = bn.apply(variables, jnp.asarray(x), mutable=['batch_stats'])
+  x64 = x.astype(np.float64)
+  exact = (x64 - x64.mean()) / np.sqrt(x64.var() + 1e-5)
+  np.testing.assert_allclose(np.asarray(y), exact, rtol=1e-3)
+  naive = np.float32(np.mean(np.square(x))) - np.float32(np.mean(x)) ** 2
+  assert abs(naive - x64.var()) > 0.5 * x64.var()  # what the one-pass formula gives here
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('height,width', [(512, 512), (512, 1024)])
 def test_output_shapes(height, width):

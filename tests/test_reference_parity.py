@@ -116,3 +116,31 @@ def test_cuda_on_cpu_is_the_identity_inside_only():
   with reference_parity.cuda_on_cpu():
     assert x.cuda() is x
   assert torch.Tensor.cuda is not None and x.cuda.__name__ == 'cuda'
+
+
+def test_differing_choices_between_near_ties_are_float32_rounding():
+  """One pixel chooses another candidate: float32 rounding when its two candidates are closer
+  than twice the reference's float32 error of the candidates, OVER otherwise."""
+  ours = np.array([[[[3, 2]]]])                                  # [S, B, H, W]
+  reference = {'choice': np.array([[[[3, 0]]]]), 'automask/scale0': np.array([[[1.0, 1.0]]])}
+  exact = np.zeros((1, 1, 4, 1, 2))
+  exact[0, 0, :, 0, 1] = [0.100004, 0.5, 0.100000, 0.5]         # candidates 0 and 2: 4e-6 apart
+  for float32_error, expected in ((3e-6, 'float32 rounding'), (1e-6, 'OVER')):
+    report = reference_parity.Report(tolerance=1e-4)
+    reference['candidates'] = exact + float32_error
+    report.compare('sde', {'choice': ours, 'automask/scale0': np.array([[[1.0, 0.0]]])},
+                   reference, reference)
+    reference_parity.classify_choices(report, 'sde', ours, reference, {'candidates': exact})
+    assert {r['status'] for r in report.rows} == {expected}
+
+
+def test_photometric_minimum_records_the_choices():
+  torch = pytest.importorskip('torch')
+  x = torch.tensor(np.random.default_rng(0).uniform(size=(2, 4, 3, 3)))
+  taken = []
+  with reference_parity.photometric_minimum(taken):
+    values, index = torch.min(x, dim=1)
+    assert torch.min(torch.ones(3)) == 1 and len(taken) == 1  # other calls are torch's own
+  np.testing.assert_array_equal(taken[0][0], np.argmin(x.numpy(), 1))
+  np.testing.assert_array_equal(taken[0][1], x.numpy())
+  assert torch.min.__name__ == 'min'

@@ -170,7 +170,11 @@ class BatchNorm(nn.Module):
   the biased one, which halves the running variance of the ASPP pooling branch at batch 2).
 
   Statistics are float32 whatever the compute dtype; under jit with a batch-sharded input they are
-  global-batch (synchronised) statistics.
+  global-batch (synchronised) statistics. The variance is E[(x - c)^2] - (E[x] - c)^2 with c the
+  running mean: one pass over x like E[x^2] - E[x]^2, without its cancellation where the mean is
+  large against the spread (the ASPP pooling branch at batch 2 has two values per channel), which
+  made our float32 gradients ten times farther from exact than torch's (benchmarks/
+  reference_parity.py, sde part).
   """
   use_running_average: bool = False
   momentum: float = 0.9   # Flax convention: running = momentum * running + (1 - momentum) * batch
@@ -191,7 +195,8 @@ class BatchNorm(nn.Module):
       x32 = x.astype(jnp.float32)
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(x32, axes)
-      var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0.0)
+      shift = jax.lax.stop_gradient(running_mean.value)
+      var = jnp.maximum(jnp.mean(jnp.square(x32 - shift), axes) - jnp.square(mean - shift), 0.0)
       if not self.is_initializing():
         n = x.size // features
         unbiased = var * (n / max(n - 1, 1))

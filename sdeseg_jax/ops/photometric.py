@@ -143,6 +143,8 @@ def sde_loss(disparities: Mapping[int, jax.Array], frames: jax.Array, intrinsics
       'automask_fraction': scalar, fraction of pixels (over all scales) where an identity loss
         won, i.e. that the auto-mask removed,
       'automask': [B, H, W, 1] float, 1 where an identity loss won at scale 0 (the first scale),
+      'choice': {s: [B, H, W] int32}, which candidate the minimum took per pixel (0, 1 the
+        identities of t-1, t+1; 2, 3 the reprojections), for diagnostics,
       'depth': [B, H, W, 1] full-resolution depth of scale 0 (the first scale), for summaries}.
   """
   prev, target, nxt = frames[:, 0], frames[:, 1], frames[:, 2]
@@ -155,7 +157,7 @@ def sde_loss(disparities: Mapping[int, jax.Array], frames: jax.Array, intrinsics
   scales = sorted(disparities)
   use_noise = key is not None and noise_std != 0
   noise_keys = jax.random.split(key, len(scales)) if use_noise else [None] * len(scales)
-  scale_loss, photometric, smoothness, automask_fraction = {}, {}, {}, []
+  scale_loss, photometric, smoothness, choice, automask_fraction = {}, {}, {}, {}, []
   automask = depth_0 = None
   for s, noise_key in zip(scales, noise_keys):
     disp = disparities[s]
@@ -171,7 +173,8 @@ def sde_loss(disparities: Mapping[int, jax.Array], frames: jax.Array, intrinsics
                                                                 identity.dtype)
     combined = jnp.concatenate([noisy_identity, reprojection], axis=-1)             # [B,H,W,4]
     photometric[s] = jnp.mean(jnp.min(combined, axis=-1))
-    identity_won = (jnp.argmin(combined, axis=-1) < 2)[..., None].astype(target.dtype)
+    choice[s] = jnp.argmin(combined, axis=-1).astype(jnp.int32)
+    identity_won = (choice[s] < 2)[..., None].astype(target.dtype)
     automask_fraction.append(jnp.mean(identity_won))
 
     image_s = downsample_antialiased(target, *disp.shape[1:3])
@@ -187,6 +190,7 @@ def sde_loss(disparities: Mapping[int, jax.Array], frames: jax.Array, intrinsics
       'smoothness': smoothness,
       'automask_fraction': sum(automask_fraction) / len(scales),
       'automask': automask,
+      'choice': choice,
       'depth': depth_0,
   }
   return loss, aux
