@@ -27,7 +27,7 @@ demo: install
 	$(PY) -m sdeseg_jax.main --config=configs/demo.py --workdir=$(DEMO_WORKDIR)
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests --ignore=tests/test_distributed.py
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests --ignore=tests/test_distributed.py
 	# Two JAX processes joined by gloo collectives run alone: beside other tests the 2 cores starve
 	# gloo's 30 s context set-up.
 	$(PY) -m pytest -q -v tests/test_distributed.py  # -v: which scenario is running
