@@ -578,17 +578,15 @@ def sde_part(reference, report: Report, *, batch: int, height: int, width: int, 
                'params': jax.device_get(new_state.params),
                'batch_stats': jax.device_get(new_state.batch_stats)})
 
+  ours['choice'] = np.stack([np.asarray(aux['choice'][s]) for s in scales])  # [S, B, H, W]
   step = functools.partial(reference_sde_step, reference, cfg, imagenet, frames, augmented,
                            intrinsics, noise, dropout_masks, scales, workdir)
-  ours['choice'] = np.stack([np.asarray(aux['choice'][s]) for s in scales])
   runs = {dtype: step(dtype) for dtype in ('float32', 'float64')}
   report.compare('sde', ours, runs['float32'], runs['float64'])
   classify_choices(report, 'sde', ours['choice'], runs['float32'], runs['float64'])
 
 
-# The per-pixel decisions of the photometric minimum: their rows count as float32 rounding when
-# every differing decision is between candidates closer than this many times the reference's own
-# float32 error of the candidates.
+# The rows of the photometric minimum's per-pixel decisions (classify_choices).
 DECISION_ROWS = ('choice', 'automask/scale0')
 
 
@@ -989,59 +987,54 @@ def our_segment_step(network, config, state, batch_arrays: dict, num_classes: in
   return ours, masks
 
 
-def reference_segment_step(reference, cfg: dict, decoder: str, initial_decoder: dict,
-                           arrays: dict, masks: list, noise: list | None, num_classes: int,
-                           dtype: str) -> dict:
-  """The reference's Trainer.train_step (step 1) on segment_batch's arrays, its model in `dtype`
-  from the SDE files with its `decoder` module (segmentation or mtl_decoder) set to
-  `initial_decoder`; `noise`: the auto-mask draws (multi-task). The quantities that ssl_part
-  compares, the trees in our layout."""
-  import torch
-  from sdeseg_jax.ops import segmentation
-  cfg = copy.deepcopy(cfg)
-  to = getattr(torch, dtype)
-  multitask = decoder == 'mtl_decoder'
+def reference_segmentation_trainer(reference, cfg: dict, decoder: str, initial_decoder: dict,
+                                   num_classes: int, to) -> tuple:
+  """(model, trainer): the reference's model from the SDE files with its `decoder` module
+  (segmentation or mtl_decoder) set to `initial_decoder`, and a bare Trainer around it with the
+  mean teacher (made from the float32 weights), both cast to the torch dtype `to`."""
   model = reference.models.get_model(copy.deepcopy(cfg['model']), num_classes)
   model.models[decoder].load_state_dict(initial_decoder)
   trainer = bare_trainer(reference, cfg, model, [None])
   trainer.n_classes = num_classes
-  trainer.ema_model = trainer.create_ema_model(model)  # from the float32 weights, then both cast
+  trainer.ema_model = trainer.create_ema_model(model)
   model.to(to)
   trainer.ema_model.to(to)
-  if dtype == 'float64':
-    keep_float64(model)
   trainer.unlabeled_loader = types.SimpleNamespace(ignore_index=REFERENCE_IGNORE)
-  calculator = trainer.monodepth_loss_calculator_train
-  for module in (*calculator.backproject_depth.values(), *calculator.project_3d.values()):
-    module.to(to)
-  ignore = segmentation.IGNORE_LABEL
+  return model, trainer
 
-  def labels(x):
-    return torch.from_numpy(np.where(x == ignore, REFERENCE_IGNORE, x).astype(np.int64))
 
-  def inputs(part):
-    out = {('color_aug', 0, 0): _nchw(part['image'])}
-    if multitask:
-      out.update(reference_frame_inputs(part['frames'], part['frames'], part['intrinsics'],
-                                        list(range(4))))
-    return {k: v.to(to) for k, v in out.items()}
+def reference_labels(labels: np.ndarray):
+  """Our label maps as the reference's loaders give them: int64 tensors, ignored pixels 250."""
+  import torch
+  from sdeseg_jax.ops import segmentation
+  return torch.from_numpy(np.where(labels == segmentation.IGNORE_LABEL, REFERENCE_IGNORE,
+                                   labels).astype(np.int64))
 
-  labeled, mix = arrays['labeled'], arrays['mix']
-  trainer.train_data_loader = iter([dict(inputs(labeled), lbl=labels(labeled['label']))])
-  # Its one-hot ground truth of labeled mixing rows: all zero at ignored pixels.
-  valid = mix['label'] != ignore
-  onehot = np.eye(num_classes, dtype=np.float32)[np.where(valid, mix['label'], 0)]
-  onehot = np.ascontiguousarray(np.moveaxis(onehot * valid[..., None], -1, 1))
-  unlabeled = dict(inputs(mix), pseudo_depth=torch.from_numpy(mix['depth'][..., 0]).to(to),
-                   is_labeled=torch.from_numpy(mix['labeled']),
-                   onehot_lbl=torch.from_numpy(onehot).to(to), lbl=labels(mix['label']),
-                   filename=[f'image{i}' for i in range(len(mix['labeled']))])
-  trainer.unlabeled_data_loader = iter([unlabeled])
-  unused = replay_dropout([model, trainer.ema_model], masks)
+
+def _labels_of(reference_labels: np.ndarray) -> np.ndarray:
+  """The reference's label maps with our ignore id."""
+  from sdeseg_jax.ops import segmentation
+  return np.where(reference_labels == REFERENCE_IGNORE, segmentation.IGNORE_LABEL,
+                  reference_labels)
+
+
+def reference_one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """[..., H, W] -> [..., C, H, W] float32: the reference's one-hot ground truth of labeled
+  mixing rows (all zero at ignored pixels)."""
+  from sdeseg_jax.ops import segmentation
+  valid = labels != segmentation.IGNORE_LABEL
+  onehot = np.eye(num_classes, dtype=np.float32)[np.where(valid, labels, 0)] * valid[..., None]
+  return np.ascontiguousarray(np.moveaxis(onehot, -1, -3))
+
+
+def recorded_target_mixing(trainer, unlabeled: dict) -> dict:
+  """Wraps the trainer's DepthMix mask and pseudo-label loss; the returned dict then receives the
+  mask, the quality-weighted loss, the pseudo-labels, the quality and the mixed images (the
+  reference writes them into `unlabeled`, its mixing batch)."""
+  import torch
   record = {}
-  original_mask = trainer.generate_mix_mask
-  trainer.generate_mix_mask = lambda *a: record.setdefault('mask', original_mask(*a))
-  original_loss = trainer.calc_pseudo_label_loss
+  original_mask, original_loss = trainer.generate_mix_mask, trainer.calc_pseudo_label_loss
+  trainer.generate_mix_mask = lambda *args: record.setdefault('mask', original_mask(*args))
 
   def pseudo_label_loss(teacher_softmax, student_logits):
     loss, pseudo = original_loss(teacher_softmax=teacher_softmax, student_logits=student_logits)
@@ -1051,32 +1044,79 @@ def reference_segment_step(reference, cfg: dict, decoder: str, initial_decoder: 
     return loss, pseudo
 
   trainer.calc_pseudo_label_loss = pseudo_label_loss
+  return record
+
+
+def target_mixing_result(record: dict) -> dict:
+  """The Target-Domain mixing quantities of recorded_target_mixing's record, in our layout."""
+  mask = record['mask'].float().numpy()
+  return {'loss/unlabeled (quality-weighted)': float(record['unlabeled']),
+          'pseudo_label_quality': record['quality'],
+          'mix/mask': mask.reshape(mask.shape[0], *mask.shape[-2:]),  # [B(, 1), H, W]
+          'mix/images': _nhwc(record['images']),
+          'mix/pseudo_labels': _labels_of(record['pseudo'].numpy())}
+
+
+def reference_trees(model, trainer) -> dict:
+  """After the step: the gradients (after clipping), parameters and BatchNorm statistics of the
+  reference's model and its teacher's parameters, in our layout."""
+  after = segmentation_tree(model)
+  return dict(gradients=segmentation_tree(model, gradients=True)['params'],
+              params=after['params'], batch_stats=after['batch_stats'],
+              teacher=segmentation_tree(trainer.ema_model)['params'])
+
+
+def reference_segment_step(reference, cfg: dict, decoder: str, initial_decoder: dict,
+                           arrays: dict, masks: list, noise: list | None, num_classes: int,
+                           dtype: str) -> dict:
+  """The reference's Trainer.train_step (step 1) on segment_batch's arrays, its model in `dtype`
+  from the SDE files with its `decoder` module (segmentation or mtl_decoder) set to
+  `initial_decoder`; `noise`: the auto-mask draws (multi-task). The quantities that ssl_part
+  compares, the trees in our layout."""
+  import torch
+  cfg = copy.deepcopy(cfg)
+  to = getattr(torch, dtype)
+  multitask = decoder == 'mtl_decoder'
+  model, trainer = reference_segmentation_trainer(reference, cfg, decoder, initial_decoder,
+                                                  num_classes, to)
+  if dtype == 'float64':
+    keep_float64(model)
+  calculator = trainer.monodepth_loss_calculator_train
+  for module in (*calculator.backproject_depth.values(), *calculator.project_3d.values()):
+    module.to(to)
+
+  def inputs(part):
+    out = {('color_aug', 0, 0): _nchw(part['image'])}
+    if multitask:
+      out.update(reference_frame_inputs(part['frames'], part['frames'], part['intrinsics'],
+                                        list(range(4))))
+    return {k: v.to(to) for k, v in out.items()}
+
+  labeled, mix = arrays['labeled'], arrays['mix']
+  trainer.train_data_loader = iter([dict(inputs(labeled), lbl=reference_labels(labeled['label']))])
+  unlabeled = dict(inputs(mix), pseudo_depth=torch.from_numpy(mix['depth'][..., 0]).to(to),
+                   is_labeled=torch.from_numpy(mix['labeled']),
+                   onehot_lbl=torch.from_numpy(reference_one_hot(mix['label'], num_classes)).to(to),
+                   lbl=reference_labels(mix['label']),
+                   filename=[f'image{i}' for i in range(len(mix['labeled']))])
+  trainer.unlabeled_data_loader = iter([unlabeled])
+  unused = replay_dropout([model, trainer.ema_model], masks)
+  record = recorded_target_mixing(trainer, unlabeled)
   supervised, sde_losses = [], []
   # Under multi-task, the pose network's statistics after the labeled forward: the reference's
   # mixed-image forward runs the pose network as well (see EXPLAINED).
-  pose_stats = (lambda *args, **kwargs: {'pose': segmentation_tree(model)['batch_stats']['pose']}
-                if multitask else None)
+  pose_stats = ((lambda *args, **kwargs: {'pose': segmentation_tree(model)['batch_stats']['pose']})
+                if multitask else (lambda *args, **kwargs: None))
   recording(trainer, 'train_step_segmentation', supervised, snapshot=pose_stats)
   recording(calculator, 'compute_losses', sde_losses)
   with replayed_randn([torch.from_numpy(n).to(to) for n in noise or []]):
     trainer.train_step(1)
   assert not unused, f'{len(unused)} of our dropout masks were not used'
-  pseudo = record['pseudo'].numpy()
   result = {'loss/supervised': float(supervised[0].result)}
   if multitask:
     result['loss/sde_labeled'] = float(sde_losses[0].result['loss'])
     result['batch_stats before the mixed forward'] = supervised[0].snapshot
-  mask = record['mask'].float().numpy()
-  result.update({'loss/unlabeled (quality-weighted)': float(record['unlabeled']),
-                 'pseudo_label_quality': record['quality'],
-                 'mix/mask': mask.reshape(mask.shape[0], *mask.shape[-2:]),  # [B(, 1), H, W]
-                 'mix/images': _nhwc(record['images']),
-                 'mix/pseudo_labels': np.where(pseudo == REFERENCE_IGNORE, ignore, pseudo)})
-  result['gradients'] = segmentation_tree(model, gradients=True)['params']
-  after = segmentation_tree(model)
-  result.update(params=after['params'], batch_stats=after['batch_stats'],
-                teacher=segmentation_tree(trainer.ema_model)['params'])
-  return result
+  return dict(result, **target_mixing_result(record), **reference_trees(model, trainer))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1199,36 +1239,24 @@ def reference_ssda_step(reference, cfg: dict, initial_decoder: dict, arrays: dic
   teacher again before the Target-Domain mix. Both of its teacher passes get our teacher's
   dropout masks (we run the teacher once, for both mixes)."""
   import torch
-  from sdeseg_jax.ops import segmentation
   cfg = copy.deepcopy(cfg)
   to = getattr(torch, dtype)
-  ignore = segmentation.IGNORE_LABEL
-  model = reference.models.get_model(copy.deepcopy(cfg['model']), num_classes)
-  model.models['segmentation'].load_state_dict(initial_decoder)
-  trainer = bare_trainer(reference, cfg, model, [None])
-  trainer.n_classes = num_classes
-  trainer.ema_model = trainer.create_ema_model(model)
-  model.to(to)
-  trainer.ema_model.to(to)
-  trainer.unlabeled_loader = types.SimpleNamespace(ignore_index=REFERENCE_IGNORE)
-
-  def labels(x):
-    return torch.from_numpy(np.where(x == ignore, REFERENCE_IGNORE, x).astype(np.int64))
-
+  model, trainer = reference_segmentation_trainer(reference, cfg, 'segmentation', initial_decoder,
+                                                  num_classes, to)
   labeled, mix, source = arrays['labeled'], arrays['mix'], arrays['source']
   trainer.train_data_loader = iter([{('color_aug', 0, 0): _nchw(labeled['image']).to(to),
-                                     'lbl': labels(labeled['label'])}])
-  valid = mix['label'] != ignore
-  onehot = np.eye(num_classes, dtype=np.float32)[np.where(valid, mix['label'], 0)]
-  onehot = np.ascontiguousarray(np.moveaxis(onehot * valid[..., None], -1, 1))
+                                     'lbl': reference_labels(labeled['label'])}])
+  onehot = reference_one_hot(mix['label'], num_classes)
+  # Its loaders' rows: the target crops and the source candidates.
   targets = [{('color_aug', 0, 0): _nchw(mix['image'][i:i + 1])[0].to(to),
               'pseudo_depth': torch.from_numpy(mix['depth'][i, ..., 0]).to(to),
               'is_labeled': torch.tensor(bool(mix['labeled'][i])),
-              'onehot_lbl': torch.from_numpy(onehot[i]).to(to), 'lbl': labels(mix['label'][i]),
-              'filename': f'image{i}'} for i in range(len(mix['image']))]
+              'onehot_lbl': torch.from_numpy(onehot[i]).to(to),
+              'lbl': reference_labels(mix['label'][i]), 'filename': f'image{i}'}
+             for i in range(len(mix['image']))]
   candidates = [{('color_aug', 0, 0): _nchw(source['image'][j:j + 1])[0].to(to),
                  'pseudo_depth': torch.from_numpy(source['depth'][j, ..., 0]).to(to),
-                 'lbl': labels(source['label'][j]), 'candidate': j}
+                 'lbl': reference_labels(source['label'][j]), 'candidate': j}
                 for j in range(len(source['image']))]
   geometry = reference.loader_matching_geometry_loader.MatchingGeometryDataset(
       candidates, targets, cfg['matching_geometry'])
@@ -1248,19 +1276,7 @@ def reference_ssda_step(reference, cfg: dict, initial_decoder: dict, arrays: dic
         masks[i * per_forward:(i + 1) * per_forward] for i in range(5))
     unused = replay_dropout([model, trainer.ema_model], labeled_m + source_m + teacher_m +
                             cross_m + teacher_m + target_mix_m)
-    record = {}
-    original_mask = trainer.generate_mix_mask
-    trainer.generate_mix_mask = lambda *a: record.setdefault('mask', original_mask(*a))
-    original_loss = trainer.calc_pseudo_label_loss
-
-    def pseudo_label_loss(teacher_softmax, student_logits):
-      loss, pseudo = original_loss(teacher_softmax=teacher_softmax, student_logits=student_logits)
-      max_probs = torch.max(teacher_softmax, dim=1)[0]
-      record.update(unlabeled=loss, pseudo=pseudo, quality=float(
-          (max_probs >= 0.968).float().mean()), images=unlabeled['color_aug', 0, 0])
-      return loss, pseudo
-
-    trainer.calc_pseudo_label_loss = pseudo_label_loss
+    record = recorded_target_mixing(trainer, unlabeled)
     supervised, cross_entropies, mixes = [], [], []
     recording(trainer, 'train_step_segmentation', supervised)
     recording(reference.train, 'cross_entropy2d', cross_entropies)
@@ -1274,22 +1290,13 @@ def reference_ssda_step(reference, cfg: dict, initial_decoder: dict, arrays: dic
   cross_images = torch.cat([mixes[i].result[0] for i in range(2)])  # its two (image, label) mixes
   cross_mask = torch.cat([mixes[i].snapshot.float().reshape(1, *cross_images.shape[2:])
                           for i in range(2)])
-  pseudo = record['pseudo'].numpy()
-  result = {'matching_geometry/chosen': chosen - np.arange(len(targets)) * CANDIDATES,
-            'loss/supervised': float(supervised[0].result),
-            'loss/source': float(supervised[1].result), 'loss/cross_domain': float(cross.result),
-            'cross/mask': cross_mask.numpy(), 'cross/images': _nhwc(cross_images),
-            'cross/labels': _labels_of(cross.kwargs['target'].numpy(), ignore),
-            'cross/weights': cross.kwargs['pixel_weights'].numpy(),
-            'loss/unlabeled (quality-weighted)': float(record['unlabeled']),
-            'pseudo_label_quality': record['quality'],
-            'mix/mask': record['mask'].float().numpy(), 'mix/images': _nhwc(record['images']),
-            'mix/pseudo_labels': _labels_of(pseudo, ignore)}
-  result['gradients'] = segmentation_tree(model, gradients=True)['params']
-  after = segmentation_tree(model)
-  result.update(params=after['params'], batch_stats=after['batch_stats'],
-                teacher=segmentation_tree(trainer.ema_model)['params'])
-  return result
+  return {'matching_geometry/chosen': chosen - np.arange(len(targets)) * CANDIDATES,
+          'loss/supervised': float(supervised[0].result),
+          'loss/source': float(supervised[1].result), 'loss/cross_domain': float(cross.result),
+          'cross/mask': cross_mask.numpy(), 'cross/images': _nhwc(cross_images),
+          'cross/labels': _labels_of(cross.kwargs['target'].numpy()),
+          'cross/weights': cross.kwargs['pixel_weights'].numpy(),
+          **target_mixing_result(record), **reference_trees(model, trainer)}
 
 
 def _collate(rows: list[dict]) -> dict:
@@ -1297,10 +1304,6 @@ def _collate(rows: list[dict]) -> dict:
   import torch
   return {k: (torch.stack([r[k] for r in rows]) if torch.is_tensor(rows[0][k])
               else [r[k] for r in rows]) for k in rows[0]}
-
-
-def _labels_of(reference_labels: np.ndarray, ignore: int) -> np.ndarray:
-  return np.where(reference_labels == REFERENCE_IGNORE, ignore, reference_labels)
 
 
 # ---------------------------------------------------------------------------------------------
