@@ -172,9 +172,8 @@ class BatchNorm(nn.Module):
   Statistics are float32 whatever the compute dtype; under jit with a batch-sharded input they are
   global-batch (synchronised) statistics. The variance is E[(x - c)^2] - (E[x] - c)^2 with c the
   running mean: one pass over x like E[x^2] - E[x]^2, without its cancellation where the mean is
-  large against the spread (the ASPP pooling branch at batch 2 has two values per channel). That
-  cancellation cost our float32 gradients accuracy against torch's (benchmarks/reference_parity.py,
-  sde part: encoder gradients 1.4e-2 from the reference's with it, 9.6e-3 without).
+  large against the spread (the ASPP pooling branch at batch 2 has two values per channel; torch
+  does not cancel there either).
   """
   use_running_average: bool = False
   momentum: float = 0.9   # Flax convention: running = momentum * running + (1 - momentum) * batch
