@@ -738,6 +738,11 @@ def module_state(module, gradients: bool = False) -> dict:
   return {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def numpy_state(model, name: str, gradients: bool = False) -> dict:
+  """module_state of the reference model's module `name`, as numpy arrays."""
+  return {k: v.numpy() for k, v in module_state(model.models[name], gradients).items()}
+
+
 def sde_tree(model, folder: str, gradients: bool = False) -> dict:
   """The reference model's SDE (or, with `gradients`, its parameters' gradients) written as
   released files and read back by our importer: a tree of our layout."""
@@ -846,7 +851,7 @@ def segmentation_tree(model, gradients: bool = False) -> dict:
   from sdeseg_jax.weights import importers
 
   def state(name):
-    return {k: v.numpy() for k, v in module_state(model.models[name], gradients).items()}
+    return numpy_state(model, name, gradients)
 
   parts = {'encoder': importers.convert_resnet(state('encoder'), 'encoder')[0]}
   if 'mtl_decoder' in model.models:
@@ -867,6 +872,43 @@ def segmentation_tree(model, gradients: bool = False) -> dict:
 SSL_METHODS = {'transfer': 'depthmix', 'mtl': 'ours_no_selection'}  # configs/ssl_cityscapes.py
 
 
+def reference_initial_model(reference, cfg: dict, decoder: str, num_classes: int, workdir: str,
+                            seed: int) -> tuple[dict, dict]:
+  """The reference SDE files written to `workdir`, and the reference's segmentation model built
+  from them with its own random heads (both sides start from these): (its `decoder` module's
+  state dict, the whole model as a tree of our layout)."""
+  import torch
+  reference.models_utils.MachineConfig.DOWNLOAD_MODEL_DIR = workdir
+  height, width = (cfg['monodepth_options'][k] for k in ('height', 'width'))
+  write_reference_sde(reference, sde_reference_config(reference, cfg['training']['batch_size'],
+                                                      height, width),
+                      os.path.join(workdir, PARITY_SDE), seed)
+  torch.manual_seed(seed)
+  model = reference.models.get_model(copy.deepcopy(cfg['model']), num_classes)
+  initial_decoder = {k: v.clone() for k, v in model.models[decoder].state_dict().items()}
+  return initial_decoder, segmentation_tree(model)
+
+
+def our_segment_state(config, initial: dict, batch: int, workdir: str, seed: int):
+  """(network, train state) of our segment stage for `config`: the converted SDE files through
+  config.segment.sde_checkpoint, the reference's new parts (`initial`) over our random ones, no
+  colour jitter or blur, batches of `batch`."""
+  from sdeseg_jax.models import networks
+  from sdeseg_jax.stages import segment
+  config.seed = seed
+  seg = config.segment
+  seg.sde_checkpoint = convert('reference_sde', os.path.join(workdir, PARITY_SDE),
+                               os.path.join(workdir, 'sde_ckpt'))
+  seg.strong_augment.update(jitter_prob=0.0, blur_prob=0.0)
+  seg.batch_size = seg.mix_batch_size = batch
+  network = networks.build(seg.network, config.model)
+  state = segment.create_state(config, workdir, network)
+  params, stats = new_parts_from(initial, state.params, state.batch_stats)
+  return network, state.replace(params=params, batch_stats=stats,
+                                ema_params=jax.tree.map(jnp.copy, params),
+                                opt_state=state.tx.init(params))
+
+
 def ssl_part(network_kind: str, reference, report: Report, *, batch: int, height: int,
              width: int, seed: int, workdir: str) -> None:
   """Target-Domain DepthMix on the transfer (`network_kind` 'transfer') or multi-task ('mtl')
@@ -875,37 +917,16 @@ def ssl_part(network_kind: str, reference, report: Report, *, batch: int, height
   student's online forward with its SDE loss and disparity, the DepthMix mask, the mixed images and
   teacher distributions, the quality-weighted CE; clipping, SGD, the teacher update) against our
   segment step (configs/ssl_cityscapes.py, method=depthmix or ours_no_selection)."""
-  import torch
   from configs import ssl_cityscapes
-  from sdeseg_jax.models import networks
   from sdeseg_jax.stages import segment
   num_classes = 19
-  reference.models_utils.MachineConfig.DOWNLOAD_MODEL_DIR = workdir
   cfg = ssl_reference_config(reference, network_kind, batch, height, width)
-  write_reference_sde(reference, sde_reference_config(reference, batch, height, width),
-                      os.path.join(workdir, PARITY_SDE), seed)
-
-  # The reference's model: the SDE's parts, its own random heads (both sides start from these).
-  torch.manual_seed(seed)
-  model = reference.models.get_model(copy.deepcopy(cfg['model']), num_classes)
   decoder = 'mtl_decoder' if network_kind == 'mtl' else 'segmentation'
-  initial_decoder = {k: v.clone() for k, v in model.models[decoder].state_dict().items()}
-  initial = segmentation_tree(model)
-
-  # Ours: the converted SDE through config.segment, the reference's new parts over our random ones.
+  initial_decoder, initial = reference_initial_model(reference, cfg, decoder, num_classes,
+                                                      workdir, seed)
   config = ssl_cityscapes.get_config(f'method={SSL_METHODS[network_kind]}')
-  config.seed = seed
-  seg = config.segment
-  seg.sde_checkpoint = convert('reference_sde', os.path.join(workdir, PARITY_SDE),
-                               os.path.join(workdir, 'sde_ckpt'))
-  seg.strong_augment.update(jitter_prob=0.0, blur_prob=0.0)
-  seg.batch_size = seg.mix_batch_size = batch
-  seg.depthmix_online_depth = False  # as the reference's branch runs (ssl_reference_config)
-  network = networks.build(seg.network, config.model)
-  state = segment.create_state(config, workdir, network)
-  params, stats = new_parts_from(initial, state.params, state.batch_stats)
-  state = state.replace(params=params, batch_stats=stats,
-                        ema_params=jax.tree.map(jnp.copy, params), opt_state=state.tx.init(params))
+  config.segment.depthmix_online_depth = False  # as the reference's branch runs
+  network, state = our_segment_state(config, initial, batch, workdir, seed)
   batch_arrays = segment_batch(batch, height, width, num_classes, seed)
   ours, masks = our_segment_step(network, config, state, batch_arrays, num_classes)
   noise = None
@@ -1162,35 +1183,19 @@ def ssda_part(reference, report: Report, *, batch: int, height: int, width: int,
   SGD, the teacher update) against our segment step (configs/ssda_gta.py, method=cdm_tdm_mg),
   at SSDA_SIZE. The candidates and the margins' signs are ours on both sides (the reference draws
   them with random.choice and random.random)."""
-  import torch
   from configs import ssda_gta
-  from sdeseg_jax.models import networks
   from sdeseg_jax.ops import mixing
   from sdeseg_jax.stages import segment
   del height, width
   width, height = SSDA_SIZE
   num_classes = 19
-  reference.models_utils.MachineConfig.DOWNLOAD_MODEL_DIR = workdir
   cfg = ssda_reference_config(reference, batch, height, width)
-  write_reference_sde(reference, sde_reference_config(reference, batch, height, width),
-                      os.path.join(workdir, PARITY_SDE), seed)
-  torch.manual_seed(seed)
-  model = reference.models.get_model(copy.deepcopy(cfg['model']), num_classes)
-  initial_decoder = {k: v.clone() for k, v in model.models['segmentation'].state_dict().items()}
-
+  initial_decoder, initial = reference_initial_model(reference, cfg, 'segmentation', num_classes,
+                                                      workdir, seed)
   config = ssda_gta.get_config('method=cdm_tdm_mg')
-  config.seed = seed
   seg = config.segment
-  seg.sde_checkpoint = convert('reference_sde', os.path.join(workdir, PARITY_SDE),
-                               os.path.join(workdir, 'sde_ckpt'))
-  seg.strong_augment.update(jitter_prob=0.0, blur_prob=0.0)
-  seg.batch_size = seg.mix_batch_size = seg.source.batch_size = batch
-  seg.source.candidates = CANDIDATES
-  network = networks.build(seg.network, config.model)
-  state = segment.create_state(config, workdir, network)
-  params, stats = new_parts_from(segmentation_tree(model), state.params, state.batch_stats)
-  state = state.replace(params=params, batch_stats=stats,
-                        ema_params=jax.tree.map(jnp.copy, params), opt_state=state.tx.init(params))
+  seg.source.batch_size, seg.source.candidates = batch, CANDIDATES
+  network, state = our_segment_state(config, initial, batch, workdir, seed)
   arrays = ssda_batch(batch, height, width, num_classes, seed)
   ours, masks = our_segment_step(network, config, state, arrays, num_classes)
   margin_key = jax.random.split(segment.step_keys(state.key)['cross_mixing'], 3)[0]
@@ -1412,12 +1417,8 @@ def selection_part(reference, report: Report, *, batch: int, height: int, width:
 def student_tree(model) -> dict:
   """The reference's depth student (encoder and depth decoder) as our depth student's variables."""
   from sdeseg_jax.weights import importers
-
-  def state(name):
-    return {k: v.numpy() for k, v in module_state(model.models[name]).items()}
-
-  parts = {'encoder': importers.convert_resnet(state('encoder'), 'encoder')[0],
-           'depth_decoder': importers.convert_decoder(state('depth'))[0]}
+  parts = {'encoder': importers.convert_resnet(numpy_state(model, 'encoder'), 'encoder')[0],
+           'depth_decoder': importers.convert_decoder(numpy_state(model, 'depth'))[0]}
   return {c: {name: jax.tree.map(jnp.asarray, part[c]) for name, part in parts.items()}
           for c in ('params', 'batch_stats')}
 
