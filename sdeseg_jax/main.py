@@ -34,6 +34,10 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Number of processes (default: from the cluster environment).')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process, 0..num_processes-1 (default: from the cluster environment).')
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    'heartbeat_timeout', distributed.HEARTBEAT_TIMEOUT_S,
+    'Seconds without heartbeats after which a process counts as lost: the others then exit '
+    '(status 134) naming it, instead of waiting in a collective.')
 
 
 def main(argv):
@@ -44,7 +48,8 @@ def main(argv):
   with cli.exit_status():
     # Before anything touches a device: initialising a backend first makes initialize() fail.
     distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+                           num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value,
+                           heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
     if not distributed.is_primary():
       # Process 0 speaks for the run; the others report only warnings and errors (CLU's
       # LoggingWriter, which they keep, logs at INFO and so goes quiet too).

@@ -1,7 +1,8 @@
 """Two JAX processes on this machine (CPU, localhost coordinator, gloo collectives, two fake
-devices each) train the tiny SDE (stopped and resumed) and segment stages, and end where one
-process with the same global batch ends (1e-5); their checkpoints restore onto another device and
-process count.
+devices each) train the tiny SDE and segment stages, and end where one process with the same
+global batch ends (1e-5); their checkpoints restore onto another device and process count. On the
+way, one of the two processes is SIGKILLed (a lost host) after SDE checkpoint 2: the other exits
+within the heartbeat timeout naming it, and a rerun of both resumes from checkpoint 2.
 
 The reference is one process with the same four devices. The device layout alone changes float32
 summation order, and the per-pixel minimum of the photometric loss amplifies that in the pose
@@ -27,9 +28,13 @@ min, the late-process script 41 s); 10-14 minutes on two cores busy with other w
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
+from typing import NamedTuple
 
 import flax
 import jax
@@ -37,6 +42,7 @@ import numpy as np
 import pytest
 
 from configs import demo
+from sdeseg_jax import artifacts
 from sdeseg_jax.models import networks
 from sdeseg_jax.stages import sde_pretrain
 from sdeseg_jax.training import checkpointing
@@ -45,6 +51,9 @@ from sdeseg_jax.training import sharding
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.path.join(REPO, '.cache', 'xla_tests')
 STEPS = 4
+# The lost-process scenario's heartbeat timeout: short, but long enough that a live process on two
+# busy cores never misses it.
+HEARTBEAT_S = 20
 # Global batches of 4: divisible by the 4 devices of two processes with two devices each.
 COMMON = [
     '--config=configs/demo.py:tiny', f'--config.compilation_cache_dir={CACHE}',
@@ -73,10 +82,20 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _launch(command: list[str], *, processes: int, devices: int, log_name: str,
-            log_dir) -> list[str]:
+class Lost(NamedTuple):
+  """What a run with a lost process left: each process's output and exit status, and how long
+  the others ran on after the loss."""
+  outputs: list[str]
+  codes: list[int]
+  seconds_after_loss: float
+
+
+def _launch(command: list[str], *, processes: int, devices: int, log_name: str, log_dir,
+            lose: tuple[int, str] | None = None) -> list[str] | Lost:
   """Runs `command` in `processes` processes joined by a localhost coordinator (the flags
-  --coordinator_address, --num_processes and --process_id are appended); returns each one's output.
+  --coordinator_address, --num_processes and --process_id are appended); returns each one's output,
+  asserting that all exited 0. With lose=(i, path), process i is SIGKILLed as soon as `path`
+  exists (a lost host) and a Lost is returned instead.
   """
   if processes > 1:
     port = _free_port()
@@ -92,6 +111,14 @@ def _launch(command: list[str], *, processes: int, devices: int, log_name: str,
     with open(log, 'w') as out:
       running.append(subprocess.Popen(c, cwd=REPO, env=_env(devices), stdout=out,
                                       stderr=subprocess.STDOUT))
+  lost_at = None
+  if lose is not None:
+    victim, path = lose
+    deadline = time.time() + 600
+    while not os.path.exists(path) and running[victim].poll() is None and time.time() < deadline:
+      time.sleep(0.02)
+    running[victim].kill()
+    lost_at = time.time()
   codes = []
   for p in running:
     try:
@@ -101,16 +128,19 @@ def _launch(command: list[str], *, processes: int, devices: int, log_name: str,
         q.kill()
       raise
   outputs = [open(log).read() for log in logs]
+  if lose is not None:
+    return Lost(outputs, codes, time.time() - lost_at)
   for i, (code, output) in enumerate(zip(codes, outputs)):
     assert code == 0, f'process {i} of {len(commands)} exited {code}:\n{output[-4000:]}'
   return outputs
 
 
-def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir) -> list[str]:
-  """Runs sdeseg_jax.main in `processes` processes; returns each one's output."""
+def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir,
+         lose: tuple[int, str] | None = None) -> list[str] | Lost:
+  """Runs sdeseg_jax.main in `processes` processes; returns each one's output (see _launch)."""
   command = [sys.executable, '-m', 'sdeseg_jax.main', f'--workdir={workdir}', *COMMON, *args]
   return _launch(command, processes=processes, devices=devices,
-                 log_name=os.path.basename(workdir), log_dir=log_dir)
+                 log_name=os.path.basename(workdir), log_dir=log_dir, lose=lose)
 
 
 def _flat(tree) -> dict:
@@ -149,6 +179,14 @@ def _assert_equal_runs(a: dict, b: dict, what: str) -> None:
   assert any(k.startswith('params/') for k in errors)
 
 
+class Runs(NamedTuple):
+  single: str           # the one-process workdir
+  multi: str            # the two-process workdir
+  lost: Lost            # its first run, which lost process 1
+  resumed: list[str]    # the output of each process of its rerun
+  last_checkpoint: int  # the SDE's newest checkpoint when process 1 was lost
+
+
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('multihost')
@@ -159,27 +197,32 @@ def runs(tmp_path_factory):
   # The reference: one process, four devices, straight through.
   _run(single, processes=1, devices=4, log_dir=logs,
        args=['--config.stages=data,sde_pretrain,segment', *steps])
-  # Two processes x two devices: SDE to step 2 ...
-  first = _run(multi, processes=2, devices=2, log_dir=logs,
-               args=['--config.stages=data,sde_pretrain', '--config.sde.num_steps=2'])
-  # ... resumed to step 4 (a finished stage is rerun by deleting its marker), then segment. The
-  # multi-process restore is the SDE's; the segment stage's exact resume has its own
+  # Two processes x two devices: SDE towards step 4, and process 1 is SIGKILLed (a lost host) as
+  # soon as checkpoint 2 is written. Process 0, waiting for it in the next step's collectives,
+  # must exit on its own within the heartbeat timeout ...
+  lost = _run(multi, processes=2, devices=2, log_dir=logs, lose=(1, os.path.join(
+      multi, 'sde', 'ckpt', '2')), args=['--config.stages=data,sde_pretrain', *steps,
+                                         f'--heartbeat_timeout={HEARTBEAT_S}'])
+  assert not os.path.exists(artifacts.done_marker(multi, 'sde_pretrain'))
+  ckpt = os.path.join(multi, 'sde', 'ckpt')
+  last = max(int(s) for s in os.listdir(ckpt) if s.isdigit())  # 2, or 4 if its save had finished
+  # ... and a rerun of both processes resumes SDE from its last checkpoint to step 4, then segment.
+  # The multi-process restore is the SDE's; the segment stage's exact resume has its own
   # (single-process) tests, which keeps this module a run shorter.
-  os.remove(os.path.join(multi, 'sde_pretrain', 'done'))
-  _run(multi, processes=2, devices=2, log_dir=logs,
-       args=['--config.stages=sde_pretrain,segment', *steps])
+  resumed = _run(multi, processes=2, devices=2, log_dir=logs,
+                 args=['--config.stages=sde_pretrain,segment', *steps])
   # Left for inspection after a failure; pytest keeps the last three base temp folders.
-  return single, multi, first
+  return Runs(single, multi, lost, resumed, last)
 
 
 def test_two_processes_with_resume_equal_one_process(runs):
-  single, multi, _ = runs
+  single, multi = runs.single, runs.multi
   for stage in ('sde', 'segment'):
     a = checkpointing.read_arrays(os.path.join(single, stage, 'ckpt'))
     b = checkpointing.read_arrays(os.path.join(multi, stage, 'ckpt'))
     assert int(a['step']) == int(b['step']) == STEPS
     _assert_equal_runs(a, b, f'{stage} checkpoint at step {STEPS}')
-  # The resumed SDE run trained after its restart: parameters moved between checkpoints 2 and 4.
+  # The SDE trained between its checkpoints 2 and 4 (before the loss or after the rerun).
   before = _flat(checkpointing.read_arrays(os.path.join(multi, 'sde', 'ckpt'), step=2)['params'])
   after = _flat(checkpointing.read_arrays(os.path.join(multi, 'sde', 'ckpt'))['params'])
   assert max(float(np.max(np.abs(after[k] - before[k]))) for k in after) > 1e-5
@@ -190,9 +233,24 @@ def test_two_processes_with_resume_equal_one_process(runs):
   assert depth[0]['images'] == depth[1]['images']
 
 
+def test_a_lost_process_ends_the_other_and_a_rerun_resumes(runs):
+  lost, primary = runs.lost, runs.resumed[0]
+  assert lost.codes[1] == -signal.SIGKILL, (
+      f'process 1 exited {lost.codes[1]} before it could be killed:\n{lost.outputs[1][-3000:]}')
+  # Process 0 did not wait in a collective for the lost process: JAX's coordination service
+  # aborted it once process 1's heartbeats had stopped for HEARTBEAT_S, naming process 1.
+  assert lost.codes[0] not in (0, None), lost.outputs[0][-3000:]
+  assert lost.seconds_after_loss < HEARTBEAT_S + 60
+  assert re.search(r'stopped sending heartbeats\):\s*1\b', lost.outputs[0]), lost.outputs[0][-3000:]
+  assert f'a process silent for {HEARTBEAT_S} s counts as lost' in lost.outputs[0]
+  # The rerun resumed from the last checkpoint written before the loss.
+  resumed_from = rf'Resuming from \S*/sde/ckpt/{runs.last_checkpoint}\b'
+  assert re.search(resumed_from, primary), primary[-3000:]
+
+
 def test_a_two_process_checkpoint_restores_onto_one_device(runs):
   """The train state saved by 2 processes x 2 devices, restored into this process's one device."""
-  _, multi, _ = runs
+  multi = runs.multi
   config = demo.get_config('tiny')
   config.sde.batch_size = 4
   config.sde.optim.name, config.sde.optim.groups.all.lr = 'sgd', 0.1
@@ -216,7 +274,7 @@ def test_a_two_process_checkpoint_restores_onto_one_device(runs):
 
 
 def test_only_process_zero_logs_and_writes_summaries(runs):
-  _, multi, (primary, secondary) = runs
+  multi, (primary, secondary) = runs.multi, runs.resumed
   assert 'Process 0 of 2; 2 local of 4 devices' in primary
   assert 'Collectives connected across 4 devices' in primary
   assert 'steps_per_sec' in primary and 'Running stage' in primary

@@ -28,6 +28,10 @@ from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.training import sharding
 
 MODES = ('auto', 'on', 'off')
+# Seconds without heartbeats after which a process counts as lost (JAX's default is 100 s): the
+# coordination service then aborts every other process, naming the lost one, instead of leaving
+# them waiting in a collective (gloo's collectives wait 30 minutes).
+HEARTBEAT_TIMEOUT_S = 120
 # PCI vendor id of Google's TPU chips (what JAX's own TPU detection looks for in sysfs).
 _GOOGLE_PCI_VENDOR = '0x1ae0'
 
@@ -81,11 +85,19 @@ def detect(env: Mapping[str, str] | None = None, *,
 def initialize(mode: str = 'auto', *, coordinator_address: str | None = None,
                num_processes: int | None = None, process_id: int | None = None,
                local_device_ids: Sequence[int] | None = None,
+               heartbeat_timeout: int = HEARTBEAT_TIMEOUT_S,
                env: Mapping[str, str] | None = None) -> bool:
   """Calls jax.distributed.initialize when `mode` says so; returns whether it did.
 
-  Must run before anything initialises a JAX backend (jax.devices(), a computation).
+  Must run before anything initialises a JAX backend (jax.devices(), a computation). A process
+  that sends no heartbeat for `heartbeat_timeout` seconds (killed, its host lost) ends the others:
+  JAX's coordination service aborts them (exit status 134) with "The following tasks are unhealthy
+  (stopped sending heartbeats): <process ids>", or, where process 0 (the service) was lost, "the
+  leader task was preempted/died". Rerunning every process resumes from the last checkpoint.
   """
+  if heartbeat_timeout <= 0:
+    raise ConfigError(f'--heartbeat_timeout={heartbeat_timeout}: expected a positive number of '
+                      'seconds')
   if mode not in MODES:
     raise ConfigError(f'--distributed={mode!r}: expected one of {", ".join(MODES)}')
   if mode == 'off':
@@ -101,15 +113,17 @@ def initialize(mode: str = 'auto', *, coordinator_address: str | None = None,
   try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id,
-                               local_device_ids=local_device_ids)
+                               local_device_ids=local_device_ids,
+                               heartbeat_timeout_seconds=heartbeat_timeout)
   except (ValueError, TypeError) as e:
     # JAX's own message says which value is missing; add where values come from.
     raise ConfigError(
         f'jax.distributed.initialize failed ({e}); detected: {reason or "no cluster"}. Pass '
         '--coordinator_address=HOST:PORT --num_processes=N --process_id=I (all three), run under '
         'SLURM/Open MPI/a Cloud TPU VM, or --distributed=off for one process.') from e
-  logging.info('Process %d of %d; %d local of %d devices', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count())
+  logging.info('Process %d of %d; %d local of %d devices; a process silent for %d s counts as '
+               'lost', jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), heartbeat_timeout)
   _connect_collectives()
   return True
 
