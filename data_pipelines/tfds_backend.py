@@ -515,8 +515,11 @@ class ShardReader(common.Reader):
     except common.DataError as e:
       raise common.DataError(f'{stale}: the prepared tree no longer has it ({e}); {rebuild}') from e
     if len(tree) != len(index):
+      gone = index.images[~np.isin(index.ids, tree.ids)]
+      new = tree.images[~np.isin(tree.ids, index.ids)]
+      first = f'{gone[0]} is gone from the tree' if len(gone) else f'{new[0]} is new in the tree'
       raise common.DataError(f'{stale}: {len(index)} examples in the shards, {len(tree)} in '
-                             f'{self.root}; {rebuild}')
+                             f'{self.root} ({first}); {rebuild}')
     for column in ('ids',) + tuple(FEATURE_OF_COLUMN):
       differ = np.flatnonzero(getattr(tree, column) != getattr(index, column))
       if len(differ):
