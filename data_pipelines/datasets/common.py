@@ -15,6 +15,7 @@ import dataclasses
 import glob
 import io
 import json
+import logging
 import os
 import re
 from typing import Iterable, Mapping, Sequence
@@ -342,6 +343,21 @@ class Reader(abc.ABC):
 
   def _as_recorded(self, kind: str, split: str, index: ExampleIndex) -> ExampleIndex:
     return index if self.record is None else self.record.check(kind, split, index, self)
+
+  def indices(self, kind: str) -> dict[str, ExampleIndex]:
+    """split -> index, for every split of `kind` ('segmentation', 'sequences') the dataset has.
+    With a record, the splits it holds, each listed as recorded: a split with files missing is an
+    error, not a split to leave out. Without one, the splits that list (the others are logged)."""
+    splits = self.segmentation_splits if kind == 'segmentation' else self.sequence_splits
+    if self.record is not None:
+      return {s: getattr(self, kind)(s) for s in splits if self.record.has(kind, s)}
+    found = {}
+    for split in splits:
+      try:
+        found[split] = getattr(self, kind)(split)
+      except DataError as e:  # a split the tree does not have (e.g. no test images)
+        logging.info('%s %s/%s: absent (%s)', self.root, kind, split, e)
+    return found
 
   @abc.abstractmethod
   def _segmentation(self, split: str) -> ExampleIndex:
