@@ -96,11 +96,21 @@ class SplitRecord:
       return index
     if not self.allow_missing:
       raise common.DataError(self._difference(where, len(recorded), gone, added))
-    logging.warning('config.data.%s.allow_missing: %s holds %d of the %d examples the data stage '
-                    'recorded in %s; gone: %s%s', self.role, where, len(index) - len(added),
-                    len(recorded), self.source, _listing(gone) or 'none',
-                    f'; left out, not recorded: {_listing(added)}' if added else '')
+    self._warn(where, len(recorded), len(index) - len(added), gone, added)
     return index.subset(np.flatnonzero(~unrecorded))
+
+  def _warn(self, where: str, count: int, kept: int, gone: list[str], added: list[str]) -> None:
+    """The warning of a split read with allow_missing: what is gone and what it left out."""
+    absent = [p for p in gone if not os.path.exists(p)]  # `gone` lists these first
+    parts = [f'files gone: {_listing(absent)}'] if absent else []
+    if len(gone) > len(absent):
+      parts.append('left out as a file they need is gone (e.g. a neighbouring frame) or as they '
+                   f'moved to another split: {_listing(gone[len(absent):])}')
+    if added:
+      parts.append(f'left out, not recorded: {_listing(added)}')
+    logging.warning('config.data.%s.allow_missing: %s holds %d of the %d examples the data stage '
+                    'recorded in %s; %s', self.role, where, kept, count, self.source,
+                    '; '.join(parts))
 
   def _difference(self, where: str, count: int, gone: list[str], added: list[str]) -> str:
     if gone:

@@ -133,7 +133,7 @@ def test_allow_missing_warns_with_the_files_and_the_split_shrinks(run, caplog):
   shrunk = reader.segmentation('val')
   assert shrunk.ids.tolist() == val.ids[1:].tolist()
   assert (f'config.data.target.allow_missing: target split segmentation/val holds 1 of the 2 '
-          f'examples the data stage recorded in {artifacts.data_summary(workdir)}; gone: '
+          f'examples the data stage recorded in {artifacts.data_summary(workdir)}; files gone: '
           f'{val.images[0]}') in caplog.text
   caplog.clear()
   assert reader.segmentation('train').ids.tolist() == train.ids.tolist()
@@ -187,8 +187,12 @@ def test_a_gta5_val_image_deleted_does_not_move_a_training_image_into_val(tmp_pa
   caplog.set_level(logging.WARNING)
   reader = _reader(config, workdir)
   assert reader.segmentation('val').ids.tolist() == ['00005']
-  assert re.search(r'left out, not recorded: \S+/images/00004.png', caplog.text)
+  assert re.search(r'files gone: \S+/images/00006.png; left out, not recorded: '
+                   r'\S+/images/00004.png', caplog.text)
+  caplog.clear()
   assert reader.segmentation('train').ids.tolist() == ['00001', '00002', '00003']
+  assert re.search(r'left out as a file they need is gone \(e.g. a neighbouring frame\) or as '
+                   r'they moved to another split: \S+/images/00004.png', caplog.text)
 
 
 def test_stages_list_splits_only_through_the_recorded_reader():
