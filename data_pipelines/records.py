@@ -11,7 +11,7 @@ The data stage (sdeseg_jax.stages.data) writes, per role, beside the split sizes
 `Reader.sequences` pass every index they list through `SplitRecord.check`. An example recorded but
 no longer listed (its image, or a neighbouring frame of a triplet, is gone) is a DataError naming
 the file and the split; so is one listed but not recorded (a file added since, or a GTA5 / Synthia
-image that moved between the splits `val_count` cuts because an image before it was deleted). A
+training image that slid into val, the last `val_count` images, when a val image was deleted). A
 user who changed the tree on purpose reruns the data stage, which records the tree as it is now,
 or sets `config.data.<role>.allow_missing=True`: the split then holds the recorded examples still
 there, with a warning listing the others.
