@@ -16,6 +16,9 @@ def dataset_config(name: str = '', resolution=(1024, 512)) -> ml_collections.Con
       sequence_root='',       # video set if elsewhere (GTA: the VIPER-layout set; '' -> default)
       resolution=resolution,  # (W, H) working resolution of the prepared tree
       val_count=500,          # GTA5 / Synthia: the last N sorted images form the val split
+      # An example the data stage recorded (data/summary.json) but gone from the tree: False, an
+      # error naming the file and split; True, a warning naming it, and the split shrinks.
+      allow_missing=False,
       backend='folder',       # where the pipelines read the prepared files: folder (the tree)
                               # | tfds (ArrayRecord shards of it, data_pipelines.build_shards)
       tfds_dir='',            # tfds: the shards' data_dir, local or gs://

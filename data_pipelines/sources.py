@@ -16,6 +16,7 @@ import os
 import ml_collections
 
 from data_pipelines import prepare
+from data_pipelines import records
 from data_pipelines.datasets import common
 
 
@@ -88,14 +89,25 @@ def _render_and_prepare(entry: ml_collections.ConfigDict, workdir: str, role: st
   return prepared
 
 
-def open_dataset(entry: ml_collections.ConfigDict, workdir: str, role: str) -> common.Reader:
+def open_dataset(entry: ml_collections.ConfigDict, workdir: str, role: str, *,
+                 check_record: bool = True) -> common.Reader:
   """The reader of `role` through its backend: the prepared tree, checked against the configured
-  resolution, or the TFDS shards built from it (the same indices, read from the shards)."""
+  resolution, or the TFDS shards built from it (the same indices, read from the shards).
+
+  With `check_record` (what every stage reads through), each split it lists is checked against the
+  data stage's record of the tree (data_pipelines.records; `entry.allow_missing` decides whether a
+  missing example is an error or a warning); the data stage, which writes that record, opens
+  without.
+  """
   _, prepared = roots(entry, workdir, role)
   if backend(entry, role) == 'tfds':
     from data_pipelines import tfds_backend
-    return tfds_backend.open_reader(entry.name, prepared, tuple(entry.resolution),
-                                    tfds_dir(entry, workdir, role), val_count=entry.val_count,
-                                    sequence_root=entry.sequence_root)
-  return prepare.open_prepared(entry.name, prepared, tuple(entry.resolution),
-                               val_count=entry.val_count, sequence_root=entry.sequence_root)
+    reader = tfds_backend.open_reader(entry.name, prepared, tuple(entry.resolution),
+                                      tfds_dir(entry, workdir, role), val_count=entry.val_count,
+                                      sequence_root=entry.sequence_root)
+  else:
+    reader = prepare.open_prepared(entry.name, prepared, tuple(entry.resolution),
+                                   val_count=entry.val_count, sequence_root=entry.sequence_root)
+  if check_record:
+    reader.record = records.load(workdir, role, allow_missing=entry.allow_missing)
+  return reader

@@ -156,7 +156,7 @@ class _ShardsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     root = os.fspath(dl_manager.manual_dir)
     reader = prepare.open_prepared(self.reader_cls.name, root, resolution,
                                    val_count=self._val_count, sequence_root=self._sequence_root)
-    base = _base(reader.root, reader.sequence_root, kind)
+    base = common.kind_root(reader.root, reader.sequence_root, kind)
     generators, splits, absent = {}, {}, {}
     for split in _splits(reader, kind):
       try:
@@ -206,11 +206,6 @@ def _builder(dataset: str, kind: str, resolution: Sequence[int], tfds_dir: str,
 
 def _splits(reader: common.Reader, kind: str) -> tuple[str, ...]:
   return reader.segmentation_splits if kind == 'segmentation' else reader.sequence_splits
-
-
-def _base(root: str, sequence_root: str, kind: str) -> str:
-  """The tree a kind's paths are relative to: sequences may live in a tree of their own."""
-  return sequence_root if kind == 'sequences' and sequence_root else root
 
 
 def _relative(path: str, base: str) -> str:
@@ -311,7 +306,7 @@ class _Shards:
           f'{command}')
     self.metadata = dict(self.builder.info.metadata)
     self._check_metadata(dataset, kind, resolution, sequence_root, val_count, command)
-    self.base = _base(root, sequence_root, kind)
+    self.base = common.kind_root(root, sequence_root, kind)
     self.absent = self.metadata['absent']
     self.splits = {split: self._columns(columns)
                    for split, columns in self.metadata['splits'].items()}
@@ -485,10 +480,10 @@ class ShardReader(common.Reader):
     """The splits the shards of `kind` hold."""
     return tuple(self._shards[kind].splits) if kind in self._shards else ()
 
-  def segmentation(self, split: str) -> common.ExampleIndex:
+  def _segmentation(self, split: str) -> common.ExampleIndex:
     return self._index('segmentation', split)
 
-  def sequences(self, split: str) -> common.ExampleIndex:
+  def _sequences(self, split: str) -> common.ExampleIndex:
     return self._index('sequences', split)
 
   def _index(self, kind: str, split: str) -> common.ExampleIndex:
@@ -520,8 +515,11 @@ class ShardReader(common.Reader):
     except common.DataError as e:
       raise common.DataError(f'{stale}: the prepared tree no longer has it ({e}); {rebuild}') from e
     if len(tree) != len(index):
+      gone = index.images[~np.isin(index.ids, tree.ids)]
+      new = tree.images[~np.isin(tree.ids, index.ids)]
+      first = f'{gone[0]} is gone from the tree' if len(gone) else f'{new[0]} is new in the tree'
       raise common.DataError(f'{stale}: {len(index)} examples in the shards, {len(tree)} in '
-                             f'{self.root}; {rebuild}')
+                             f'{self.root} ({first}); {rebuild}')
     for column in ('ids',) + tuple(FEATURE_OF_COLUMN):
       differ = np.flatnonzero(getattr(tree, column) != getattr(index, column))
       if len(differ):

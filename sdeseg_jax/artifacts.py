@@ -5,6 +5,7 @@ Stages hand over only through these files, so this module is the contract betwee
     <workdir>/<stage>/done                 the stage finished (stages.run_stages)
     <workdir>/raw/<role>, data/<role>,     the rendered, prepared and sharded datasets
       tfds/<role>                            (data_pipelines.sources; role: target or source)
+    <workdir>/data/summary.json            split sizes and the record of their examples (data)
     <workdir>/sde/ckpt, sde_source/ckpt    the SDE of each domain (sde_pretrain, sde_source)
     <workdir>/depth/<role>/<id>.npy        depth labels (depth_labels)
     <workdir>/select_labels/               selection steps, students, features, report
@@ -16,6 +17,8 @@ Stages hand over only through these files, so this module is the contract betwee
 from __future__ import annotations
 
 import os
+
+from data_pipelines import records
 
 # role -> the stage that trains that domain's SDE and its folder.
 SDE_STAGE_OF_ROLE = {'target': 'sde_pretrain', 'source': 'sde_source'}
@@ -31,7 +34,9 @@ def done_marker(workdir: str, stage: str) -> str:
 
 
 def data_summary(workdir: str) -> str:
-  return os.path.join(workdir, 'data', 'summary.json')
+  """The data stage's summary, which also records each split's examples (data_pipelines.records,
+  where the data layer that checks against it keeps the path)."""
+  return records.summary_file(workdir)
 
 
 def sde_dir(workdir: str, role: str = 'target') -> str:

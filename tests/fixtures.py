@@ -42,10 +42,10 @@ def _save(path, array, mode=None):
 CITYSCAPES_IDS = (7, 8, 11, 26, 0, 23, 33, 255)  # road, sidewalk, building, car, unlabeled, sky...
 
 
-def write_cityscapes(root, size=(64, 32), frames=5, snippets=2, camera=True):
-  """train: aachen (snippets), val: frankfurt (1 snippet); annotated frame = frames // 2."""
+def write_cityscapes(root, size=(64, 32), frames=5, snippets=2, camera=True, val_snippets=1):
+  """train: aachen (snippets), val: frankfurt (val_snippets); annotated frame = frames // 2."""
   annotated = frames // 2
-  for split, city, count in (('train', 'aachen', snippets), ('val', 'frankfurt', 1)):
+  for split, city, count in (('train', 'aachen', snippets), ('val', 'frankfurt', val_snippets)):
     for seq in range(count):
       for frame in range(frames):
         stem = f'{city}_{seq:06d}_{frame:06d}'

@@ -234,7 +234,8 @@ def test_stale_shards_are_an_error_until_rebuilt(world, tmp_path):
   reader = _open(entry, root, tfds_dir)
   with pytest.raises(common.DataError, match=f"segmentation_128x64 in {tfds_dir}: stale "
                      f"segmentation split 'train': {len(train)} examples in the shards, "
-                     f"{len(train) - 1} in {root}; rebuild: .* --overwrite"):
+                     f"{len(train) - 1} in {root} \\({train.images[-1]} is gone from the tree\\); "
+                     "rebuild: .* --overwrite"):
     reader.segmentation('train')
   reader.segmentation('val')  # the other splits still match
   with pytest.raises(common.DataError, match='stale'):

@@ -29,7 +29,7 @@ class CamVid(common.Reader):
       pair for split in ('train', 'val', 'test')
       for pair in (('image', f'{split}/*.*'), ('label', f'{split}annot/*.png')))
 
-  def segmentation(self, split: str) -> common.ExampleIndex:
+  def _segmentation(self, split: str) -> common.ExampleIndex:
     folder = common.require_dir(os.path.join(self.root, split), f'CamVid {split} images')
     images = common.find_images(os.path.join(folder, '*.*'))
     if not images:

@@ -54,7 +54,7 @@ class Cityscapes(common.Reader):
       ('camera', 'camera/*/*/*_camera.json'),
   )
 
-  def segmentation(self, split: str) -> common.ExampleIndex:
+  def _segmentation(self, split: str) -> common.ExampleIndex:
     folder = common.require_dir(os.path.join(self.root, 'leftImg8bit', split),
                                 f'Cityscapes {split} images')
     images = common.find_images(os.path.join(folder, '*', '*_leftImg8bit.*'))
@@ -74,7 +74,7 @@ class Cityscapes(common.Reader):
       rows.append(dict(id=stem, image=image, label=label, intrinsics=intrinsics[(city, seq)]))
     return common.ExampleIndex.from_rows(rows)
 
-  def sequences(self, split: str) -> common.ExampleIndex:
+  def _sequences(self, split: str) -> common.ExampleIndex:
     root = self.sequence_root or self.root
     folder = common.require_dir(os.path.join(root, 'leftImg8bit_sequence', split),
                                 f'Cityscapes {split} video snippets')

@@ -15,6 +15,7 @@ import dataclasses
 import glob
 import io
 import json
+import logging
 import os
 import re
 from typing import Iterable, Mapping, Sequence
@@ -298,12 +299,20 @@ def decode_label_png(path: str, store: FileStore | None = None) -> np.ndarray:
     raise DataError(f'{name}: unreadable label map ({e})') from e
 
 
+def kind_root(root: str, sequence_root: str, kind: str) -> str:
+  """The tree the paths of a kind ('segmentation', 'sequences') are relative to: sequences may
+  live in a tree of their own."""
+  return sequence_root if kind == 'sequences' and sequence_root else root
+
+
 class Reader(abc.ABC):
   """Parses one dataset's on-disk layout (raw or prepared) into example indices.
 
   Subclasses set `name`, `label_spec`, `prepare_patterns` ((kind, glob relative to the root) for
   every file `data_pipelines.prepare` converts; kind is 'image', 'label' or 'camera') and implement
-  `segmentation`; those with video implement `sequences` and list `sequence_splits`.
+  `_segmentation`; those with video implement `_sequences` and list `sequence_splits`. Callers
+  list a split with `segmentation` / `sequences`, the one way in, which checks the listing against
+  the data stage's record where the reader has one (`record`, set by data_pipelines.sources).
   """
   name: str
   label_spec: LabelSpec
@@ -319,12 +328,43 @@ class Reader(abc.ABC):
     self.sequence_root = sequence_root and os.path.abspath(os.path.expanduser(sequence_root))
     require_dir(self.root, f'{self.name} dataset root')
 
-  @abc.abstractmethod
+  # What the data stage recorded of this dataset's splits (a data_pipelines.records.SplitRecord):
+  # with one, a split listed without an example it recorded is an error, not a smaller split.
+  # None: splits are returned as the layout lists them (preparing, summarising, building shards).
+  record = None
+
   def segmentation(self, split: str) -> ExampleIndex:
     """The images of a split with their label maps."""
+    return self._as_recorded('segmentation', split, self._segmentation(split))
 
   def sequences(self, split: str) -> ExampleIndex:
     """Frame triplets (t-1, t, t+1) of a split's videos, for self-supervised depth."""
+    return self._as_recorded('sequences', split, self._sequences(split))
+
+  def _as_recorded(self, kind: str, split: str, index: ExampleIndex) -> ExampleIndex:
+    return index if self.record is None else self.record.check(kind, split, index, self)
+
+  def indices(self, kind: str) -> dict[str, ExampleIndex]:
+    """split -> index, for every split of `kind` ('segmentation', 'sequences') the dataset has.
+    With a record, the splits it holds, each listed as recorded: a split with files missing is an
+    error, not a split to leave out. Without one, the splits that list (the others are logged)."""
+    splits = self.segmentation_splits if kind == 'segmentation' else self.sequence_splits
+    if self.record is not None:
+      return {s: getattr(self, kind)(s) for s in splits if self.record.has(kind, s)}
+    found = {}
+    for split in splits:
+      try:
+        found[split] = getattr(self, kind)(split)
+      except DataError as e:  # a split the tree does not have (e.g. no test images)
+        logging.info('%s %s/%s: absent (%s)', self.root, kind, split, e)
+    return found
+
+  @abc.abstractmethod
+  def _segmentation(self, split: str) -> ExampleIndex:
+    """The layout's images of a split with their label maps, as found."""
+
+  def _sequences(self, split: str) -> ExampleIndex:
+    """The layout's frame triplets of a split, as found."""
     raise DataError(f'{self.root}: the {self.name} layout has no video sequences')
 
   def decode_raw_label(self, path: str) -> np.ndarray:

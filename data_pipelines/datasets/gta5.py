@@ -28,7 +28,7 @@ class GTA5(common.Reader):
       ('image', 'sequences/*/img/*/*.*'),
   )
 
-  def segmentation(self, split: str) -> common.ExampleIndex:
+  def _segmentation(self, split: str) -> common.ExampleIndex:
     folder = common.require_dir(os.path.join(self.root, 'images'), 'GTA5 images')
     images = common.split_by_count(common.find_images(os.path.join(folder, '*.*')), split,
                                    self.val_count, folder)
@@ -41,7 +41,7 @@ class GTA5(common.Reader):
       rows.append(dict(id=stem, image=image, label=label, intrinsics=INTRINSICS))
     return common.ExampleIndex.from_rows(rows)
 
-  def sequences(self, split: str) -> common.ExampleIndex:
+  def _sequences(self, split: str) -> common.ExampleIndex:
     root = self.sequence_root or os.path.join(self.root, 'sequences')
     folder = common.require_dir(os.path.join(root, split, 'img'), f'GTA video {split} frames')
     frames = common.find_images(os.path.join(folder, '*', '*.*'))

@@ -41,7 +41,7 @@ class Synthia(common.Reader):
       ('image', 'SYNTHIA-SEQS-*/RGB/Stereo_Left/Omni_F/*.*'),
   )
 
-  def segmentation(self, split: str) -> common.ExampleIndex:
+  def _segmentation(self, split: str) -> common.ExampleIndex:
     base = os.path.join(self.root, 'RAND_CITYSCAPES')
     folder = common.require_dir(os.path.join(base, 'RGB'), 'SYNTHIA RAND-CITYSCAPES images')
     images = common.split_by_count(common.find_images(os.path.join(folder, '*.*')), split,
@@ -55,7 +55,7 @@ class Synthia(common.Reader):
       rows.append(dict(id=stem, image=image, label=label, intrinsics=INTRINSICS))
     return common.ExampleIndex.from_rows(rows)
 
-  def sequences(self, split: str) -> common.ExampleIndex:
+  def _sequences(self, split: str) -> common.ExampleIndex:
     if split not in ('train', 'all'):
       raise common.DataError(f'SYNTHIA-SEQS has no {split!r} split (use train)')
     root = self.sequence_root or self.root

@@ -1,5 +1,6 @@
 """The `data` stage: materialise each configured dataset (render / prepare), validate its layout and
-write a summary: examples per split, class pixel frequencies, camera intrinsics.
+write a summary: examples per split (their ids and image paths: the record every later stage checks
+the splits it reads against, data_pipelines.records), class pixel frequencies, camera intrinsics.
 
 Output: <workdir>/data/summary.json and the same as a readable table on stdout.
 """
@@ -13,6 +14,7 @@ import os
 import ml_collections
 import numpy as np
 
+from data_pipelines import records
 from data_pipelines import sources
 from data_pipelines import statistics
 from data_pipelines.datasets import common
@@ -22,18 +24,23 @@ from sdeseg_jax.stages import base
 ROLES = ('target', 'source')
 
 
-def _split_sizes(reader: common.Reader) -> dict:
-  """{'segmentation/train': n, 'sequences/train': n, ...}; unavailable splits say why."""
-  sizes = {}
+def _splits(reader: common.Reader) -> tuple[dict, dict]:
+  """({'segmentation/train': n, 'sequences/train': n, ...}, the record of the examples of each:
+  data_pipelines.records, which every later stage checks its indices against); unavailable splits
+  say why in the first and are not in the second."""
+  sizes, examples = {}, {}
   for kind, splits in (('segmentation', reader.segmentation_splits),
                        ('sequences', reader.sequence_splits)):
     for split in splits:
+      key = f'{kind}/{split}'
       try:
         index = getattr(reader, kind)(split)
-        sizes[f'{kind}/{split}'] = len(index)
       except common.DataError as e:
-        sizes[f'{kind}/{split}'] = f'absent ({e})'
-  return sizes
+        sizes[key] = f'absent ({e})'
+        continue
+      sizes[key] = len(index)
+      examples[key] = records.split_examples(index, reader, kind)
+  return sizes, examples
 
 
 def intrinsics_summary(index: common.ExampleIndex, resolution) -> list[dict]:
@@ -51,11 +58,13 @@ def intrinsics_summary(index: common.ExampleIndex, resolution) -> list[dict]:
 def summarise(entry: ml_collections.ConfigDict, reader: common.Reader, max_labels: int,
               workers: int) -> dict:
   train = reader.segmentation('train')
-  return dict(dataset=entry.name, root=reader.root, resolution=list(entry.resolution),
-              classes=list(reader.label_spec.class_names), splits=_split_sizes(reader),
-              class_frequencies=statistics.class_frequencies(train, reader.label_spec, max_labels,
-                                                             workers),
-              intrinsics=intrinsics_summary(train, tuple(entry.resolution)))
+  sizes, examples = _splits(reader)
+  return {'dataset': entry.name, 'root': reader.root, 'resolution': list(entry.resolution),
+          'classes': list(reader.label_spec.class_names), 'splits': sizes,
+          'class_frequencies': statistics.class_frequencies(train, reader.label_spec, max_labels,
+                                                            workers),
+          'intrinsics': intrinsics_summary(train, tuple(entry.resolution)),
+          records.SUMMARY_KEY: examples}
 
 
 def format_summary(role: str, summary: dict) -> str:
@@ -82,7 +91,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       continue
     sources.materialise(entry, workdir, role, image_format=config.data.image_format,
                         workers=config.data.workers)
-    reader = sources.open_dataset(entry, workdir, role)
+    # Read as found, not against the last record: this stage writes the record anew.
+    reader = sources.open_dataset(entry, workdir, role, check_record=False)
     summaries[role] = summarise(entry, reader, config.data.summary_max_labels, config.data.workers)
     print(format_summary(role, summaries[role]), flush=True)
   if not summaries:

@@ -66,12 +66,8 @@ def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: st
   variables = sharding.replicate(layouts.read_sde(
       artifacts.sde_checkpoint(workdir, role), f'run the {stage} stage first'), mesh)
   predict = sharding.jit_eval_step(evaluation.predict_disparity(network), mesh)
-  indices = {}
-  for split in reader.segmentation_splits:
-    try:
-      indices[split] = reader.segmentation(split)
-    except DataError as e:  # a split the tree does not have (e.g. no test images)
-      logging.info('depth labels %s/%s: skipped (%s)', role, split, e)
+  # Every split the dataset has; one with files missing is an error, not a split to skip.
+  indices = reader.indices('segmentation')
   # Depth labels are named by example id: ids must not repeat across splits.
   ids, counts = np.unique(np.concatenate([i.ids for i in indices.values()]), return_counts=True)
   if np.any(counts > 1):
