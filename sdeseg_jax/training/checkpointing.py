@@ -180,10 +180,8 @@ def read_arrays(directory: str, step: int | None = None) -> dict:
   try:
     steps = manager.all_steps()
     if steps or step is not None:
-      steps = _steps_to_try(directory, steps, step)
-      read = lambda s: manager.restore(  # pylint: disable=g-long-lambda
-          s, args=ocp.args.StandardRestore(_host_target(manager.item_metadata(s))))
-      read_step, values, broken = _read_newest_intact(directory, steps, read)
+      read_step, values, broken = _read_newest_intact(
+          directory, _steps_to_try(directory, steps, step), lambda s: _host_arrays(manager, s))
       if broken:
         logging.warning('%s: read step %d, the newest intact checkpoint', directory, read_step)
       return values
@@ -198,6 +196,12 @@ def _manager(directory: str, options: ocp.CheckpointManagerOptions | None = None
   # The handler named up front: item_metadata() is None until the manager knows it.
   return ocp.CheckpointManager(directory, item_handlers=ocp.StandardCheckpointHandler(),
                                options=options)
+
+
+def _host_arrays(manager: ocp.CheckpointManager, step: int) -> dict:
+  """Checkpoint `step` of `manager` as NumPy arrays (see _host_target)."""
+  target = _host_target(manager.item_metadata(step))
+  return manager.restore(step, args=ocp.args.StandardRestore(target))
 
 
 def _read_standalone(directory: str) -> dict:
