@@ -226,6 +226,18 @@ def test_a_misspelt_override_key_is_named_with_its_section_and_the_suggestion(mo
       "Attribute <class 'int'>.x does not exist")
 
 
+def test_entry_points_quiet_native_start_up_logs_unless_the_user_says_otherwise():
+  """TensorFlow's and XLA's C++ INFO lines (oneDNN, CPU features, absl's InitializeLog warning)
+  are off by default, before JAX or TensorFlow loads; a level the user set is kept."""
+  script = ('import os, sys; import sdeseg_jax; '
+            "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'jax' in sys.modules)")
+  for user, expected in ((None, '2 False'), ('0', '0 False')):
+    env = _user_env() if user is None else dict(_user_env(), TF_CPP_MIN_LOG_LEVEL=user)
+    result = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == expected, result.stderr[-2000:]
+
+
 def test_progress_lines_say_progress(caplog):
   from clu import platform
   from sdeseg_jax import cli
