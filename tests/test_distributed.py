@@ -73,8 +73,18 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _launch(command: list[str], *, processes: int, devices: int, log_name: str,
-            log_dir) -> list[str]:
+def _show(pytestconfig, line: str) -> None:
+  """Writes `line` to the terminal at once, past pytest's output capture (as capsys.disabled()
+  does): the module fixture's three runs take minutes under one test's name."""
+  capture = pytestconfig.pluginmanager.getplugin('capturemanager')
+  terminal = pytestconfig.pluginmanager.getplugin('terminalreporter')
+  if terminal is not None:
+    with capture.global_and_fixture_disabled():
+      terminal.write_line(line)
+
+
+def _launch(command: list[str], *, processes: int, devices: int, log_name: str, log_dir,
+            pytestconfig) -> list[str]:
   """Runs `command` in `processes` processes joined by a localhost coordinator (the flags
   --coordinator_address, --num_processes and --process_id are appended); returns each one's output.
   """
@@ -87,6 +97,9 @@ def _launch(command: list[str], *, processes: int, devices: int, log_name: str,
     commands = [command]
   logs = [os.path.join(log_dir, f'{log_name}_{len(os.listdir(log_dir))}_{i}.log')
           for i in range(len(commands))]
+  what = [f'{processes} process{"es" if processes > 1 else ""} x {devices} devices',
+          *(arg[2:] for arg in command if arg.startswith('--config.stages='))]
+  _show(pytestconfig, f'  launched {log_name}: {", ".join(what)}; log {logs[0]}')
   running = []
   for c, log in zip(commands, logs):
     with open(log, 'w') as out:
@@ -106,11 +119,12 @@ def _launch(command: list[str], *, processes: int, devices: int, log_name: str,
   return outputs
 
 
-def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir) -> list[str]:
+def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir,
+         pytestconfig) -> list[str]:
   """Runs sdeseg_jax.main in `processes` processes; returns each one's output."""
   command = [sys.executable, '-m', 'sdeseg_jax.main', f'--workdir={workdir}', *COMMON, *args]
   return _launch(command, processes=processes, devices=devices,
-                 log_name=os.path.basename(workdir), log_dir=log_dir)
+                 log_name=os.path.basename(workdir), log_dir=log_dir, pytestconfig=pytestconfig)
 
 
 def _flat(tree) -> dict:
@@ -150,23 +164,23 @@ def _assert_equal_runs(a: dict, b: dict, what: str) -> None:
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, pytestconfig):
   root = tmp_path_factory.mktemp('multihost')
   logs = str(root / 'logs')
   os.makedirs(logs)
   single, multi = str(root / 'single'), str(root / 'multi')
   steps = [f'--config.sde.num_steps={STEPS}', f'--config.segment.num_steps={STEPS}']
   # The reference: one process, four devices, straight through.
-  _run(single, processes=1, devices=4, log_dir=logs,
+  _run(single, processes=1, devices=4, log_dir=logs, pytestconfig=pytestconfig,
        args=['--config.stages=data,sde_pretrain,segment', *steps])
   # Two processes x two devices: SDE to step 2 ...
-  first = _run(multi, processes=2, devices=2, log_dir=logs,
+  first = _run(multi, processes=2, devices=2, log_dir=logs, pytestconfig=pytestconfig,
                args=['--config.stages=data,sde_pretrain', '--config.sde.num_steps=2'])
   # ... resumed to step 4 (a finished stage is rerun by deleting its marker), then segment. The
   # multi-process restore is the SDE's; the segment stage's exact resume has its own
   # (single-process) tests, which keeps this module a run shorter.
   os.remove(os.path.join(multi, 'sde_pretrain', 'done'))
-  _run(multi, processes=2, devices=2, log_dir=logs,
+  _run(multi, processes=2, devices=2, log_dir=logs, pytestconfig=pytestconfig,
        args=['--config.stages=sde_pretrain,segment', *steps])
   # Left for inspection after a failure; pytest keeps the last three base temp folders.
   return single, multi, first
@@ -246,9 +260,9 @@ print('max over devices:', float(jax.jit(jnp.max, out_shardings=sharding.replica
 """
 
 
-def test_a_process_late_to_its_first_collective(tmp_path):
+def test_a_process_late_to_its_first_collective(tmp_path, pytestconfig):
   outputs = _launch([sys.executable, '-c', _LATE_PROCESS], processes=2, devices=2,
-                    log_name='late', log_dir=str(tmp_path))
+                    log_name='late', log_dir=str(tmp_path), pytestconfig=pytestconfig)
   for output in outputs:
     assert 'max over devices: 3.0' in output
 
