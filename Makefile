@@ -30,7 +30,8 @@ test: install
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=15 tests --ignore=tests/test_distributed.py
 	# Two JAX processes joined by gloo collectives run alone: beside other tests the 2 cores starve
 	# gloo's 30 s context set-up.
-	$(PY) -m pytest -q -v tests/test_distributed.py  # -v: which scenario is running
+	# -v alone (-q would cancel it): each test's name as it starts, and a line per launched run.
+	$(PY) -m pytest -v tests/test_distributed.py
 
 # The maintainer's loop: ops, models, configs and pure functions, without the tests marked slow
 # (stage runs, subprocesses, full-size compiles).

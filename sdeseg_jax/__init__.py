@@ -19,4 +19,14 @@ def _cpu_only_without_accelerators() -> None:
     os.environ['JAX_PLATFORMS'] = 'cpu'
 
 
+def _quiet_native_logs() -> None:
+  """TF_CPP_MIN_LOG_LEVEL=2 unless the user set it: TensorFlow and XLA's C++ otherwise open every
+  command with INFO lines (oneDNN custom operations, CPU features) and absl's "All log messages
+  before absl::InitializeLog() ..." warning. Only the logs: TF_ENABLE_ONEDNN_OPTS stays as it is,
+  since turning oneDNN off would change the input pipeline's float results. Set before JAX and
+  TensorFlow load, as both log while loading; data_pipelines does the same for its commands."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
 _cpu_only_without_accelerators()
+_quiet_native_logs()

@@ -5,7 +5,9 @@ bad input."""
 import contextlib
 import logging
 import os
+import re
 import sys
+from typing import NoReturn
 
 from absl import flags
 import jax
@@ -22,6 +24,8 @@ USER_ERRORS = (ConfigError, DataError, checkpointing.CheckpointError, WeightImpo
 # Exit status after a preemption save (128 + SIGTERM, as a process killed by it): not finished,
 # run the same command again to continue.
 PREEMPTED_EXIT_CODE = 143
+# The config file flag of the entry points that parse_flags serves (ml_collections' config_flags).
+CONFIG_FLAG = 'config'
 
 
 class ProgressLines(logging.Filter):
@@ -61,30 +65,82 @@ def exit_status():
     sys.exit(f'FATAL {type(e).__name__}: {e}')
 
 
-def _one_line(error: BaseException) -> str:
-  """What `error` says is wrong, on one line. ml_collections wraps a misspelt key as
-  AttributeError(KeyError("'key'\\nDid you mean ...")): the first KeyError's text is the message."""
+def _fatal(message: str) -> NoReturn:
+  """Ends the process with status 1 and `message` on one line, as a bad command line does."""
+  sys.exit(f'FATAL invalid flag, config or override: {message}')
+
+
+def _flag_arguments(argv: list[str], name: str) -> list[str]:
+  """What `argv` gives flag `name`, in each of absl's forms: --name=V, --name V (or one dash)."""
+  values = []
+  for i, arg in enumerate(argv[1:], 1):
+    if arg == '--':  # absl's end of flags
+      break
+    option, equals, value = arg.partition('=')
+    if option in (f'-{name}', f'--{name}'):
+      if equals:
+        values.append(value)
+      elif i + 1 < len(argv):
+        values.append(argv[i + 1])
+  return values
+
+
+def _check_config_file(argv: list[str]) -> None:
+  """Exits with one line when --config names a file that is not there: ml_collections
+  defers that error to the config's first use, which prints two chained tracebacks."""
+  for argument in _flag_arguments(argv, CONFIG_FLAG):
+    path = argument.partition(':')[0]  # without the variant
+    if not os.path.isfile(path):
+      relative = '' if os.path.isabs(path) else f' (relative to {os.getcwd()})'
+      _fatal(f'--{CONFIG_FLAG}={path}: no such config file{relative}')
+
+
+def _override_paths(argv: list[str]) -> list[list[str]]:
+  """The key path of each config override in `argv`: --config.sde.num_steps=3 -> ['config',
+  'sde', 'num_steps']."""
+  paths = []
+  for arg in argv[1:]:
+    match = re.match(rf'-{{1,2}}(?:no)?{CONFIG_FLAG}\.([^=]+)', arg)
+    if match:
+      paths.append([CONFIG_FLAG, *match.group(1).split('.')])
+  return paths
+
+
+def _missing_key(keys: list[KeyError], argv: list[str]) -> str | None:
+  """An override of a key the config does not have, said readably: "no key 'num_step' in
+  config.sde (did you mean "num_steps"?)". ml_collections raises KeyError("'num_step'\\nDid you
+  mean ...") from KeyError('num_step'). None when the innermost key is in no override's path
+  (another kind of KeyError)."""
+  key = keys[-1].args[0]
+  # A leaf first: in --config.sde.num_steps=3 --config.segment.sde=1, 'sde' is segment's.
+  paths = sorted(_override_paths(argv), key=lambda path: path[-1] != key)
+  for path in paths:
+    if key in path[1:]:
+      message = f"no key '{key}' in {'.'.join(path[:path.index(key, 1)])}"
+      for error in keys:
+        suggestion = re.search(r'Did you mean "([^"]+)"', str(error.args[0]))
+        if suggestion:
+          return f'{message} (did you mean "{suggestion.group(1)}"?)'
+      return message
+  return None
+
+
+def _one_line(error: BaseException, argv: list[str]) -> str:
+  """What `error` says is wrong, on one line: a misspelt override key as _missing_key says it,
+  else the innermost error's message (not a wrapper's), after the flag at fault where absl names
+  it."""
   chain = []
   while error is not None and error not in chain:
     chain.append(error)
     error = error.__cause__ or error.__context__
   keys = [item for item in chain if isinstance(item, KeyError) and item.args]
-  message = str(keys[0].args[0]) if keys else str(chain[-1])  # the innermost, not a wrapper
+  message = _missing_key(keys, argv) if keys else None
+  if message is None:
+    message = str(keys[0].args[0]) if keys else str(chain[-1])
   outer = str(chain[0])
   if isinstance(chain[0], flags.Error) and outer.startswith('flag --') and len(chain) > 1:
     message = f'{outer.split(": ", 1)[0]}: {message}'  # which flag
   return ' '.join(message.split())
-
-
-def _check_config_file(argv: list[str]) -> None:
-  """Exits with one line when --config names a file that is not there (ml_collections would print
-  two chained tracebacks)."""
-  for arg in argv[1:]:
-    if arg.startswith('--config='):
-      path = arg[len('--config='):].partition(':')[0]
-      if not os.path.isfile(path):
-        sys.exit(f'FATAL invalid flag, config or override: --config={path}: no such config file '
-                 f'(relative to {os.getcwd()})')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -94,4 +150,4 @@ def parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as e:
-    sys.exit(f'FATAL invalid flag, config or override: {_one_line(e)}')
+    _fatal(_one_line(e, argv))

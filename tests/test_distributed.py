@@ -82,6 +82,16 @@ def _env(devices: int) -> dict:
   return env
 
 
+def _show(pytestconfig, line: str) -> None:
+  """Writes `line` to the terminal at once, past pytest's output capture (as capsys.disabled()
+  does): the module fixture's three runs take minutes under one test's name."""
+  capture = pytestconfig.pluginmanager.getplugin('capturemanager')
+  terminal = pytestconfig.pluginmanager.getplugin('terminalreporter')
+  if terminal is not None:
+    with capture.global_and_fixture_disabled():
+      terminal.write_line(line)
+
+
 class Lost(NamedTuple):
   """What a run with a lost process left: each process's output and exit status, and how long
   the others ran on after the loss."""
@@ -91,7 +101,7 @@ class Lost(NamedTuple):
 
 
 def _launch(command: list[str], *, processes: int, devices: int, log_name: str, log_dir,
-            lose: tuple[int, str] | None = None) -> list[str] | Lost:
+            pytestconfig, lose: tuple[int, str] | None = None) -> list[str] | Lost:
   """Runs `command` in `processes` processes joined by a localhost coordinator (the flags
   --coordinator_address, --num_processes and --process_id are appended); returns each one's output,
   asserting that all exited 0. With lose=(i, path), process i is SIGKILLed as soon as `path`
@@ -106,6 +116,11 @@ def _launch(command: list[str], *, processes: int, devices: int, log_name: str, 
     commands = [command]
   logs = [os.path.join(log_dir, f'{log_name}_{len(os.listdir(log_dir))}_{i}.log')
           for i in range(len(commands))]
+  what = [f'{processes} process{"es" if processes > 1 else ""} x {devices} devices',
+          *(arg[2:] for arg in command if arg.startswith('--config.stages='))]
+  if lose is not None:
+    what.append(f'process {lose[0]} lost once {os.path.basename(lose[1])} exists')
+  _show(pytestconfig, f'  launched {log_name}: {", ".join(what)}; log {logs[0]}')
   running = []
   for c, log in zip(commands, logs):
     with open(log, 'w') as out:
@@ -135,12 +150,13 @@ def _launch(command: list[str], *, processes: int, devices: int, log_name: str, 
   return outputs
 
 
-def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir,
+def _run(workdir, *, processes: int, devices: int, args: list[str], log_dir, pytestconfig,
          lose: tuple[int, str] | None = None) -> list[str] | Lost:
   """Runs sdeseg_jax.main in `processes` processes; returns each one's output (see _launch)."""
   command = [sys.executable, '-m', 'sdeseg_jax.main', f'--workdir={workdir}', *COMMON, *args]
   return _launch(command, processes=processes, devices=devices,
-                 log_name=os.path.basename(workdir), log_dir=log_dir, lose=lose)
+                 log_name=os.path.basename(workdir), log_dir=log_dir,
+                 pytestconfig=pytestconfig, lose=lose)
 
 
 def _flat(tree) -> dict:
@@ -188,28 +204,29 @@ class Runs(NamedTuple):
 
 
 @pytest.fixture(scope='module')
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, pytestconfig):
   root = tmp_path_factory.mktemp('multihost')
   logs = str(root / 'logs')
   os.makedirs(logs)
   single, multi = str(root / 'single'), str(root / 'multi')
   steps = [f'--config.sde.num_steps={STEPS}', f'--config.segment.num_steps={STEPS}']
   # The reference: one process, four devices, straight through.
-  _run(single, processes=1, devices=4, log_dir=logs,
+  _run(single, processes=1, devices=4, log_dir=logs, pytestconfig=pytestconfig,
        args=['--config.stages=data,sde_pretrain,segment', *steps])
   # Two processes x two devices: SDE towards step 4, and process 1 is SIGKILLed (a lost host) as
   # soon as checkpoint 2 is written. Process 0, waiting for it in the next step's collectives,
   # must exit on its own within the heartbeat timeout ...
-  lost = _run(multi, processes=2, devices=2, log_dir=logs, lose=(1, os.path.join(
-      multi, 'sde', 'ckpt', '2')), args=['--config.stages=data,sde_pretrain', *steps,
-                                         f'--heartbeat_timeout={HEARTBEAT_S}'])
+  lost = _run(multi, processes=2, devices=2, log_dir=logs, pytestconfig=pytestconfig,
+              lose=(1, os.path.join(multi, 'sde', 'ckpt', '2')),
+              args=['--config.stages=data,sde_pretrain', *steps,
+                    f'--heartbeat_timeout={HEARTBEAT_S}'])
   assert not os.path.exists(artifacts.done_marker(multi, 'sde_pretrain'))
   ckpt = os.path.join(multi, 'sde', 'ckpt')
   last = max(int(s) for s in os.listdir(ckpt) if s.isdigit())  # 2, or 4 if its save had finished
   # ... and a rerun of both processes resumes SDE from its last checkpoint to step 4, then segment.
   # The multi-process restore is the SDE's; the segment stage's exact resume has its own
   # (single-process) tests, which keeps this module a run shorter.
-  resumed = _run(multi, processes=2, devices=2, log_dir=logs,
+  resumed = _run(multi, processes=2, devices=2, log_dir=logs, pytestconfig=pytestconfig,
                  args=['--config.stages=sde_pretrain,segment', *steps])
   # Left for inspection after a failure; pytest keeps the last three base temp folders.
   return Runs(single, multi, lost, resumed, last)
@@ -304,9 +321,9 @@ print('max over devices:', float(jax.jit(jnp.max, out_shardings=sharding.replica
 """
 
 
-def test_a_process_late_to_its_first_collective(tmp_path):
+def test_a_process_late_to_its_first_collective(tmp_path, pytestconfig):
   outputs = _launch([sys.executable, '-c', _LATE_PROCESS], processes=2, devices=2,
-                    log_name='late', log_dir=str(tmp_path))
+                    log_name='late', log_dir=str(tmp_path), pytestconfig=pytestconfig)
   for output in outputs:
     assert 'max over devices: 3.0' in output
 

@@ -165,22 +165,77 @@ def test_main_reports_bad_input_in_one_line(tmp_path):
     assert 'Traceback' not in result.stderr
 
 
+def _user_env() -> dict:
+  """The environment of a user's shell: without what conftest and the Makefile set."""
+  return {k: v for k, v in os.environ.items()
+          if k not in ('TF_CPP_MIN_LOG_LEVEL', 'JAX_PLATFORMS')}
+
+
 @pytest.mark.slow
 def test_bad_flags_config_files_and_overrides_end_in_one_line(tmp_path):
+  """The whole output of the command as a user's shell runs it, start-up included, is one FATAL
+  line: no TensorFlow or absl start-up lines, no traceback, no escaped string."""
   for args, message in (
       (['--config=configs/nosuch.py'],
-       '--config=configs/nosuch.py: no such config file'),
+       f'--config=configs/nosuch.py: no such config file (relative to {REPO})'),
+      (['--config', 'configs/nosuch.py', '--config.sde.num_steps=3'],  # absl's other form
+       f'--config=configs/nosuch.py: no such config file (relative to {REPO})'),
       (['--config=configs/demo.py:huge'],
-       "flag --config=configs/demo.py:huge: configs/demo.py: unknown variant(s) ['huge']"),
+       "flag --config=configs/demo.py:huge: configs/demo.py: unknown variant(s) ['huge'] "
+       '(known: tiny, ssda)'),
       (['--config=configs/demo.py:tiny', '--config.sde.num_step=3'],
-       '\'num_step\' Did you mean "num_steps" instead of "num_step"?'),
+       'no key \'num_step\' in config.sde (did you mean "num_steps"?)'),
       (['--config=configs/demo.py:tiny', '--config.sde.num_steps=abc'],
-       'flag --config.sde.num_steps=abc: invalid literal for int()')):
-    result = _main(*args, f'--workdir={tmp_path}/w')
-    assert result.returncode == 1, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(
-        'FATAL invalid flag, config or override: ' + message), result.stderr[-2000:]
+       "flag --config.sde.num_steps=abc: invalid literal for int() with base 10: 'abc'")):
+    result = subprocess.run([sys.executable, '-m', 'sdeseg_jax.main', *args,
+                             f'--workdir={tmp_path}/w'], cwd=REPO, env=_user_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=300)
+    assert result.returncode == 1, result.stdout[-2000:]
+    assert result.stdout.splitlines() == [
+        f'FATAL invalid flag, config or override: {message}'], result.stdout[-2000:]
+
+
+def _override_error(*overrides: str) -> str:
+  """cli's one line for ml_collections' own error from parsing `overrides` of the tiny demo
+  config."""
+  from absl import flags
+  from ml_collections import config_flags
+  from sdeseg_jax import cli
+  argv = ['main', '--config=configs/demo.py:tiny', *overrides]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', None, '', flag_values=flag_values, sys_argv=argv,
+                                  lock_config=True)
+  with pytest.raises(Exception) as error:
+    flag_values(argv)
+  return cli._one_line(error.value, argv)
+
+
+def test_a_misspelt_override_key_is_named_with_its_section_and_the_suggestion(monkeypatch):
+  monkeypatch.chdir(REPO)
+  assert _override_error('--config.sde.num_step=3') == (
+      'no key \'num_step\' in config.sde (did you mean "num_steps"?)')
+  assert _override_error('--config.sdee.num_steps=3') == (
+      'no key \'sdee\' in config (did you mean "sde"?)')
+  assert _override_error('--config.nosuch=3') == "no key 'nosuch' in config"
+  # The key is the leaf of the override at fault, not a section of another override.
+  assert _override_error('--config.sde.num_steps=3', '--config.segment.sde=1') == (
+      "no key 'sde' in config.segment")
+  # Other key errors keep ml_collections' message.
+  assert _override_error('--config.sde.num_steps.x=3').startswith(
+      "Attribute <class 'int'>.x does not exist")
+
+
+def test_entry_points_quiet_native_start_up_logs_unless_the_user_says_otherwise():
+  """TensorFlow's and XLA's C++ INFO lines (oneDNN, CPU features, absl's InitializeLog warning)
+  are off by default, before JAX or TensorFlow loads; a level the user set is kept."""
+  script = ('import os, sys; import sdeseg_jax; '
+            "print(os.environ['TF_CPP_MIN_LOG_LEVEL'], 'jax' in sys.modules)")
+  for user, expected in ((None, '2 False'), ('0', '0 False')):
+    env = _user_env() if user is None else dict(_user_env(), TF_CPP_MIN_LOG_LEVEL=user)
+    result = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == expected, result.stderr[-2000:]
 
 
 def test_progress_lines_say_progress(caplog):
