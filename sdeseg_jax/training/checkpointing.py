@@ -19,9 +19,9 @@ latest-step restores of both `Checkpointer` and `read_arrays` fall back to the n
 with a warning naming each broken folder and what is wrong with it. Intact means the commit files
 above are present and parse, and a full restore succeeds (a truncated array file passes any
 existence check; only reading it finds it). A resumed `Checkpointer` renames the broken folders
-newer than its step to `<step>.broken` (Orbax lists only plain step numbers, so it ignores them): the
-evidence stays, and the loop can save those steps again. A step asked for explicitly does not fall
-back: its error names it.
+newer than its step to `<step>.broken` (Orbax lists only plain step numbers, so it ignores them):
+the evidence stays, and the loop can save those steps again. A step asked for explicitly does not
+fall back: its error names it.
 """
 
 from __future__ import annotations
