@@ -25,6 +25,7 @@ from absl import flags
 from PIL import Image
 
 from data_pipelines import datasets
+from data_pipelines import files
 from data_pipelines.datasets import cityscapes
 from data_pipelines.datasets import common
 
@@ -54,13 +55,6 @@ def _output_path(src: str, dst: str, path: str, kind: str, image_format: str) ->
   return out
 
 
-def _write_atomic(out: str, save) -> None:
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  tmp = f'{out}.tmp{os.getpid()}{os.path.splitext(out)[1]}'
-  save(tmp)
-  os.replace(tmp, out)
-
-
 def _convert(reader: common.Reader, kind: str, path: str, out: str, resolution, image_format):
   """Writes one prepared file; returns the output path."""
   if kind == 'image':
@@ -70,14 +64,14 @@ def _convert(reader: common.Reader, kind: str, path: str, out: str, resolution, 
     except (OSError, SyntaxError) as e:
       raise common.DataError(f'{path}: unreadable image ({e})') from e
     options = dict(quality=98, subsampling=0) if image_format == 'jpg' else {}
-    _write_atomic(out, lambda tmp: image.save(tmp, **options))
+    files.write_atomic(out, lambda tmp: image.save(tmp, **options))
   elif kind == 'label':
     ids = reader.decode_raw_label(path)
     invalid = reader.label_spec.invalid_ids(ids)
     if invalid:
       raise common.DataError(f'{path}: label ids {invalid} are not {reader.name} ids')
     label = Image.fromarray(ids, 'L').resize(resolution, Image.Resampling.NEAREST)
-    _write_atomic(out, label.save)
+    files.write_atomic(out, label.save)
   elif kind == 'camera':
     camera = common.read_json(path)
     image = path.replace(os.sep + 'camera' + os.sep, os.sep + 'leftImg8bit' + os.sep)
@@ -87,10 +81,7 @@ def _convert(reader: common.Reader, kind: str, path: str, out: str, resolution, 
     else:
       width, height = common.image_size(image)
     camera = cityscapes.rescale_camera(camera, resolution[0] / width, resolution[1] / height)
-    def save(tmp):
-      with open(tmp, 'w') as f:
-        json.dump(camera, f, indent=2)
-    _write_atomic(out, save)
+    files.write_json(out, camera, indent=2)
   return out
 
 
@@ -119,15 +110,15 @@ def prepare(dataset: str, src: str, dst: str, resolution: tuple[int, int], *,
                              'choose another destination')
     logging.info('%s is already prepared (%d files); nothing to do', dst, marker['files'])
     return marker
-  files = [(kind, path) for kind, pattern in reader.prepare_patterns
-           for path in sorted(glob.glob(os.path.join(src, pattern)))
-           if kind != 'image' or os.path.splitext(path)[1].lower() in common.IMAGE_EXTENSIONS]
-  if not files:
+  raw_files = [(kind, path) for kind, pattern in reader.prepare_patterns
+               for path in sorted(glob.glob(os.path.join(src, pattern)))
+               if kind != 'image' or os.path.splitext(path)[1].lower() in common.IMAGE_EXTENSIONS]
+  if not raw_files:
     raise common.DataError(f'{src}: no {dataset} files found (patterns: '
                            f'{[p for _, p in reader.prepare_patterns]})')
-  jobs = [(kind, path, out) for kind, path in files
+  jobs = [(kind, path, out) for kind, path in raw_files
           if not os.path.exists(out := _output_path(src, dst, path, kind, image_format))]
-  started, total = time.time(), len(files)
+  started, total = time.time(), len(raw_files)
   logging.info('Preparing %s: %d of %d files to write into %s', dataset, len(jobs), total, dst)
   with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
     futures = [pool.submit(_convert, reader, kind, path, out, resolution, image_format)
@@ -137,8 +128,7 @@ def prepare(dataset: str, src: str, dst: str, resolution: tuple[int, int], *,
       if done % 1000 == 0:
         logging.info('  %d / %d files (%.0f/s)', done, len(jobs), done / (time.time() - started))
   marker = dict(wanted, source=src, files=total)
-  _write_atomic(os.path.join(dst, MARKER),
-                lambda tmp: open(tmp, 'w').write(json.dumps(marker, indent=2)))
+  files.write_json(os.path.join(dst, MARKER), marker, indent=2)
   logging.info('Prepared %d files in %.1f s', len(jobs), time.time() - started)
   return marker
 

@@ -13,14 +13,16 @@ from absl import flags
 import jax
 
 from data_pipelines.datasets import DataError
+from data_pipelines.files import DiskFullError
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.training import checkpointing
 from sdeseg_jax.training import loop
 from sdeseg_jax.weights.report import WeightImportError
 
 # Errors of bad input: a config that cannot work, a data set, checkpoint or weight file that does
-# not hold what it must.
-USER_ERRORS = (ConfigError, DataError, checkpointing.CheckpointError, WeightImportError)
+# not hold what it must; and a disk too full for what a stage writes.
+USER_ERRORS = (ConfigError, DataError, checkpointing.CheckpointError, WeightImportError,
+               DiskFullError)
 # Exit status after a preemption save (128 + SIGTERM, as a process killed by it): not finished,
 # run the same command again to continue.
 PREEMPTED_EXIT_CODE = 143

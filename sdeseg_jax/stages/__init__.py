@@ -20,6 +20,7 @@ from typing import Sequence
 
 import ml_collections
 
+from data_pipelines import files
 from sdeseg_jax import artifacts
 from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.stages import data
@@ -98,11 +99,8 @@ def run_stages(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
     if distributed.is_primary() or not STAGES[name].primary_only:
       STAGES[name].run(config, workdir)
     if distributed.is_primary():
-      os.makedirs(os.path.dirname(marker), exist_ok=True)
-      with open(marker + '.tmp', 'w') as f:
-        json.dump(dict(finished=datetime.datetime.now().isoformat(timespec='seconds'),
-                       config=_comparable(config)), f, indent=1)
-      os.replace(marker + '.tmp', marker)
+      files.write_json(marker, dict(finished=datetime.datetime.now().isoformat(timespec='seconds'),
+                                    config=_comparable(config)))
     distributed.barrier(f'after stage {name}')
     if not os.path.exists(marker):
       raise RuntimeError(f'{marker}: process {distributed.process_index()} does not see the marker '

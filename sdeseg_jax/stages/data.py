@@ -7,13 +7,12 @@ Output: <workdir>/data/summary.json and the same as a readable table on stdout.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import ml_collections
 import numpy as np
 
+from data_pipelines import files
 from data_pipelines import records
 from data_pipelines import sources
 from data_pipelines import statistics
@@ -98,9 +97,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   if not summaries:
     raise common.DataError('config.data: no dataset named (set config.data.target.name)')
   out = artifacts.data_summary(workdir)
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, 'w') as f:
-    json.dump(summaries, f, indent=2)
+  files.write_json(out, summaries, indent=2)
   logging.info('Data summary written to %s', out)
 
 

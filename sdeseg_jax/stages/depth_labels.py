@@ -13,6 +13,7 @@ import os
 import ml_collections
 import numpy as np
 
+from data_pipelines import files
 from data_pipelines import sources
 from data_pipelines.datasets import DataError
 from sdeseg_jax import artifacts
@@ -26,12 +27,6 @@ from sdeseg_jax.weights import layouts
 
 # role -> the model config key of its SDE
 MODEL_OF_ROLE = {'target': 'model', 'source': 'source_model'}
-
-
-def _save_atomic(path: str, array: np.ndarray) -> None:
-  tmp = f'{path}.tmp{os.getpid()}.npy'
-  np.save(tmp, np.ascontiguousarray(array, np.float32))
-  os.replace(tmp, path)
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
@@ -86,7 +81,8 @@ def write_depth_labels(config: ml_collections.ConfigDict, workdir: str, role: st
     for example, disparity in evaluation.each_local_row(
         predict, variables, index, reader, resolution=tuple(entry.resolution), mesh=mesh,
         batch_size=batch_size):
-      _save_atomic(os.path.join(out, example + '.npy'), disparity[..., 0])
+      label = np.ascontiguousarray(disparity[..., 0], np.float32)
+      files.write_atomic(os.path.join(out, example + '.npy'), lambda tmp: np.save(tmp, label))
       written += 1
     logging.info('depth labels %s/%s: %d images', role, split, len(index))
   return written

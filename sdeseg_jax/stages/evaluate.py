@@ -9,7 +9,6 @@ Cityscapes result format (for cityscapesscripts and the benchmark server).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -19,6 +18,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from data_pipelines import files
 from data_pipelines import sources
 from sdeseg_jax import artifacts
 from sdeseg_jax import evaluation
@@ -91,8 +91,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                batch_size=config.segment.eval_batch_size, out_dir=out_dir)
     logging.info('Exported %d %s predictions to %s', count, split, out_dir)
   if jax.process_index() == 0:
-    with open(artifacts.eval_file(workdir), 'w') as f:
-      json.dump(report, f, indent=2)
+    files.write_json(artifacts.eval_file(workdir), report, indent=2)
     print(evaluation.format_table(report), flush=True)
 
 

@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from data_pipelines import depth_truth
+from data_pipelines import files
 from data_pipelines import pipeline
 from data_pipelines import sampling
 from data_pipelines import sources
@@ -217,8 +218,7 @@ def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
   if truth.available:  # the loop evaluated after its last step unless there was nothing to train
     metrics = hooks.last_evaluation or evaluate(state, sde.num_steps)
   if jax.process_index() == 0:
-    with open(os.path.join(directory, 'eval.json'), 'w') as f:
-      json.dump(metrics, f, indent=2)
+    files.write_json(os.path.join(directory, 'eval.json'), metrics, indent=2)
   writer.close()
   return metrics
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from data_pipelines import files
 from data_pipelines import pipeline
 from data_pipelines import sources
 from data_pipelines import subsets
@@ -493,8 +494,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   check_config(config)
   directory = artifacts.segment_dir(workdir)
   os.makedirs(directory, exist_ok=True)
-  with open(os.path.join(directory, 'config.json'), 'w') as f:  # for predict and evaluation
-    f.write(config.to_json_best_effort(indent=2))
+  def save_config(tmp):
+    with open(tmp, 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+  files.write_atomic(os.path.join(directory, 'config.json'), save_config)  # for predict, evaluate
   resolution, crop = tuple(entry.resolution), tuple(config.data.crop)
   mesh = sharding.make_mesh()
   for size in (seg.batch_size, seg.mix_batch_size, seg.eval_batch_size):
@@ -546,8 +549,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                                overwrite=True)
       best.update(report, step=step)
       if jax.process_index() == 0:
-        with open(best_path, 'w') as f:
-          json.dump(best, f, indent=2)
+        files.write_json(best_path, best, indent=2)
     return {'miou': report['miou'], **{f'iou/{k}': v for k, v in report['iou'].items()}}
 
   writer = loop.create_writer(os.path.join(directory, 'logs'))

@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import threading
 from typing import Any, Mapping, Sequence
@@ -39,6 +40,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from data_pipelines import files
 from sdeseg_jax.training import distributed
 
 # The files Orbax writes to commit a step (see the module docstring), relative to the step folder.
@@ -76,8 +78,12 @@ class Checkpointer:
     return step % self.save_interval_steps == 0
 
   def save(self, step: int, state, *, force: bool = False) -> bool:
-    """Saves `state` (a TrainState) at `step` when due (every save_interval_steps) or forced."""
-    return self._manager.save(step, args=ocp.args.StandardSave(state.to_dict()), force=force)
+    """Saves `state` (a TrainState) at `step` when due (every save_interval_steps) or forced. A
+    full disk is a DiskFullError (here or, for an asynchronous save, at the next save or wait);
+    Orbax writes into a temporary folder it renames when complete, so the checkpoints before stay
+    intact."""
+    with files.named_if_disk_full(self.directory):
+      return self._manager.save(step, args=ocp.args.StandardSave(state.to_dict()), force=force)
 
   def restore(self, state, step: int | None = None):
     """`state` with its arrays from checkpoint `step`, placed like `state`'s.
@@ -138,10 +144,12 @@ class Checkpointer:
     self._manager.reload()  # it caches the step list
 
   def wait(self) -> None:
-    self._manager.wait_until_finished()
+    with files.named_if_disk_full(self.directory):
+      self._manager.wait_until_finished()
 
   def close(self) -> None:
-    self._manager.close()
+    with files.named_if_disk_full(self.directory):
+      self._manager.close()
 
   def reached_preemption(self, step: int) -> bool:
     """The platform's preemption notice (TPU maintenance events), agreed by all processes."""
@@ -149,12 +157,31 @@ class Checkpointer:
 
 
 def write_tree(directory: str, tree: Any, *, overwrite: bool = False) -> str:
-  """Saves a plain nested dict of arrays as a standalone checkpoint (e.g. converted weights)."""
+  """Saves a plain nested dict of arrays as a standalone checkpoint (e.g. converted weights).
+
+  Orbax writes a new folder under a temporary name it renames when complete. Its overwrite deletes
+  the old folder first, so with `overwrite` the new tree is written beside the old one and swapped
+  in after: a full disk (a DiskFullError) or a crash while writing leaves the old tree in place.
+  """
   path = os.path.abspath(directory)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(path, tree, force=overwrite)
-  checkpointer.wait_until_finished()
+  with files.named_if_disk_full(path):
+    if not (overwrite and os.path.exists(path)):
+      _save_tree(path, tree)
+      return path
+    new, old = path + '.new', path + '.old'
+    for leftover in (new, old):  # of a run that stopped mid-swap
+      shutil.rmtree(leftover, ignore_errors=True)
+    _save_tree(new, tree)
+    os.rename(path, old)
+    os.rename(new, path)
+    shutil.rmtree(old)
   return path
+
+
+def _save_tree(path: str, tree: Any) -> None:
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(path, tree)
+  checkpointer.wait_until_finished()
 
 
 def _host_target(metadata) -> Any:

@@ -11,6 +11,7 @@ import os
 import jax
 import numpy as np
 
+from data_pipelines import files
 from data_pipelines.datasets import common
 from sdeseg_jax import artifacts
 from sdeseg_jax import evaluation
@@ -61,8 +62,6 @@ def cached_features(config, workdir: str, index, reader, mesh) -> np.ndarray:
         return np.load(path)
   features = sde_features(config, workdir, index, reader, mesh)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.save(path + '.tmp.npy', features)
-    os.replace(path + '.tmp.npy', path)
+    files.write_atomic(path, lambda tmp: np.save(tmp, features))
     report.write_json(meta_path, meta)
   return features

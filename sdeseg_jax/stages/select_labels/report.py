@@ -3,12 +3,12 @@ the selection vs the whole training set, and the plot of them (the paper's Fig. 
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
+from data_pipelines import files
 from data_pipelines import statistics
 from data_pipelines.datasets import common
 from sdeseg_jax import artifacts
@@ -18,10 +18,7 @@ def write_json(path: str, value) -> None:
   """Atomic write (process 0 only): a reader never sees a half-written file."""
   if jax.process_index() != 0:
     return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(path + '.tmp', path)
+  files.write_json(path, value)
 
 
 def class_frequency_report(whole: dict, index: common.ExampleIndex, spec: common.LabelSpec,
