@@ -128,7 +128,9 @@ def read_camera(path: str) -> dict:
   if not isinstance(k, dict):
     raise common.DataError(f'{path}: no "intrinsic" object')
   for key in ('fx', 'fy', 'u0', 'v0'):
-    value = k.get(key)
+    if key not in k:
+      raise common.DataError(f'{path}: missing intrinsic key {key!r}')
+    value = k[key]
     # bool is an int to Python, but never an intrinsic
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
       raise common.DataError(f'{path}: intrinsic {key} is {value!r}, expected a finite number')
