@@ -10,7 +10,11 @@ as a hang.
 
 Cases per file type: 2 * CASES corrupted files (CASES truncations, CASES one-byte flips), each read
 by every reader of that type; each test prints its tally (run with -s to see it) and asserts the
-count, so the numbers in the README's reliability section are what runs here.
+count, so the numbers in the README's reliability section are what runs here. With CASES = 20:
+JPEG image 40 files x 2 readers (pipeline, prepare), 8-bit label PNG 40 x 3 (pipeline,
+decode_label_png, prepare), Synthia 16-bit label PNG 40 x 2, .npy depth label 40 x 1 (pipeline),
+camera JSON 40 x 2 (reader, prepare), selection JSON 40 x 1, Orbax _CHECKPOINT_METADATA and
+_METADATA 40 x 1 each: 520 reads, plus the WRONG_FILES cases.
 """
 
 from __future__ import annotations
