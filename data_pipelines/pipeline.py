@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Callable, Iterator
 
 import numpy as np
-from PIL import Image
 import tensorflow as tf
 
 from data_pipelines import sampling
@@ -85,7 +85,9 @@ class Batches:
         batch = next(iterator)
       except StopIteration:
         return
-      except tf.errors.OpError as e:
+      # A TF error whose message quotes a file's bytes that are not UTF-8 (a corrupt .npy header)
+      # reaches Python as a UnicodeDecodeError instead of the OpError.
+      except (tf.errors.OpError, UnicodeDecodeError) as e:
         raise self.diagnose(self.step, e) from e
       self.step += 1
       yield batch
@@ -97,9 +99,9 @@ class Batches:
         self._check(kind, path)
       except common.DataError as e:
         return common.DataError(f'step {step}: {e}')
-    message = getattr(error, 'message', str(error)).strip().splitlines()[0]
-    return common.DataError(f'step {step}: input pipeline failed ({message}); its files pass the '
-                            'checks: ' + ', '.join(p for _, p in self._files(self.plan(step))))
+    return common.DataError(f'step {step}: input pipeline failed ({_first_line(error)}); its '
+                            'files pass the checks: ' +
+                            ', '.join(p for _, p in self._files(self.plan(step))))
 
 
 def file_checker(resolution: tuple[int, int], label_spec: common.LabelSpec | None,
@@ -107,25 +109,31 @@ def file_checker(resolution: tuple[int, int], label_spec: common.LabelSpec | Non
                  store: common.FileStore | None = None) -> Callable[[str, str], None]:
   """check(kind, path) raising a DataError for a missing, unreadable or mis-sized file.
 
-  Images and labels are read from `store` when given (depth labels are always workdir files).
+  Images and labels are decoded with the pipeline's own TF decoders, so that a file the pipeline
+  fails on fails here too (PIL accepts PNGs with bad checksums or no end chunk, which libpng
+  rejects). They are read from `store` when given (depth labels are always workdir files).
   """
   def check(kind: str, path: str) -> None:
-    if kind == 'depth' or store is None:
-      if not os.path.exists(path):
-        raise common.DataError(f'{path}: missing file')
-      if kind == 'depth':
-        _check_depth(path, resolution)
-        return
-      name, source = path, path
+    if kind == 'depth':
+      read_depth_label(path, resolution)
+      return
+    if store is None:
+      name = path
+      try:
+        with open(path, 'rb') as f:
+          contents = f.read()
+      except OSError as e:
+        raise common.DataError(f'{path}: missing or unreadable file ({e})') from e
     else:
       name, source = common.open_source(path, 'labels' if kind == 'label' else 'images', store)
+      contents = source.getvalue()
     try:
-      with Image.open(source) as image:
-        image.load()
-        size, pixels = image.size, np.asarray(image) if kind == 'label' else None
-    except (OSError, SyntaxError, ValueError) as e:
-      raise common.DataError(f'{name}: unreadable {kind} ({e})') from e
-    if kind in ('image', 'label') and size != tuple(resolution):
+      pixels = (transforms.decode_label_ids(contents) if kind == 'label' else
+                transforms.decode_image(contents)).numpy()
+    except (tf.errors.OpError, UnicodeDecodeError) as e:
+      raise common.DataError(f'{name}: unreadable {kind} ({_first_line(e)})') from e
+    size = (pixels.shape[1], pixels.shape[0])
+    if size != tuple(resolution):
       raise common.DataError(f'{name}: size {size}, expected the prepared resolution {resolution}')
     invalid = label_spec.invalid_ids(pixels) if kind == 'label' and strict_labels else []
     if invalid:
@@ -133,15 +141,28 @@ def file_checker(resolution: tuple[int, int], label_spec: common.LabelSpec | Non
   return check
 
 
-def _check_depth(path: str, resolution: tuple[int, int]) -> None:
+def _first_line(error: Exception) -> str:
+  """A TF error's message without its op and device preamble, or any error's first line."""
+  message = getattr(error, 'message', str(error)).strip().splitlines()[0]
+  return re.sub(r'^\{\{function_node [^}]*\}\}\s*', '', message)
+
+
+def read_depth_label(path: str, resolution: tuple[int, int]) -> np.ndarray:
+  """[H, W] float32 depth label (a disparity map of the depth_labels stage), checked: a C-order
+  little-endian float32 .npy of the prepared resolution (W, H) with finite values, else a
+  DataError naming the file."""
   try:
     depth = np.load(path, mmap_mode='r')
-  except (OSError, ValueError) as e:
+  except (OSError, ValueError) as e:  # ValueError includes a header that is not UTF-8
     raise common.DataError(f'{path}: unreadable depth label ({e})') from e
   if depth.dtype != np.dtype('<f4') or depth.shape != (resolution[1], resolution[0]) or (
       not depth.flags.c_contiguous):
     raise common.DataError(f'{path}: depth label {depth.dtype} {depth.shape}, expected C-order '
                            f'float32 ({resolution[1]}, {resolution[0]})')
+  if not np.isfinite(depth).all():
+    raise common.DataError(f'{path}: depth label holds {np.size(depth) - np.isfinite(depth).sum()} '
+                           'values that are NaN or infinite')
+  return np.asarray(depth)
 
 
 def _content_key(column: str) -> str:
@@ -188,12 +209,17 @@ class _Contents:
     return p[_content_key(column)]
 
 
+def _of_resolution(x: tf.Tensor, path: tf.Tensor, resolution: tuple[int, int]) -> tf.Tensor:
+  """x [H, W, ...], asserted to be of the prepared resolution (W, H): a crop would otherwise cut a
+  larger image or label map silently."""
+  ok = tf.reduce_all(tf.shape(x)[:2] == [resolution[1], resolution[0]])
+  with tf.control_dependencies([tf.debugging.Assert(ok, ['size differs from', resolution,
+                                                         path, tf.shape(x)])]):
+    return tf.identity(x)
+
+
 def _decode_image(contents: tf.Tensor, path: tf.Tensor, resolution: tuple[int, int]) -> tf.Tensor:
-  image = transforms.decode_image(contents)
-  ok = tf.reduce_all(tf.shape(image)[:2] == [resolution[1], resolution[0]])
-  with tf.control_dependencies([tf.debugging.Assert(ok, ['image size differs from', resolution,
-                                                         path, tf.shape(image)])]):
-    return tf.identity(image)
+  return _of_resolution(transforms.decode_image(contents), path, resolution)
 
 
 def _plan_dataset(plan: Callable[[int], dict], start_step: int, num_steps: int | None,
@@ -322,8 +348,9 @@ def _segmentation_loader(index: common.ExampleIndex, label_spec: common.LabelSpe
     labeled = labels[i] != ''
     label = tf.cond(
         labeled,
-        lambda: transforms.decode_label(contents(p, 'labels'), lookup, valid_ids, labels[i],
-                                        strict_labels),
+        lambda: _of_resolution(transforms.decode_label(contents(p, 'labels'), lookup, valid_ids,
+                                                       labels[i], strict_labels),
+                               labels[i], resolution),
         lambda: tf.fill([resolution[1], resolution[0]], common.IGNORE_LABEL))
     label = transforms.crop_and_flip(label, p['crop_x'], p['crop_y'], crop, p['flip'])
     out = dict(image=tf.ensure_shape(image, [crop_h, crop_w, 3]),

@@ -73,7 +73,7 @@ def _convert(reader: common.Reader, kind: str, path: str, out: str, resolution, 
     label = Image.fromarray(ids, 'L').resize(resolution, Image.Resampling.NEAREST)
     files.write_atomic(out, label.save)
   elif kind == 'camera':
-    camera = common.read_json(path)
+    camera = cityscapes.read_camera(path)
     image = path.replace(os.sep + 'camera' + os.sep, os.sep + 'leftImg8bit' + os.sep)
     image = common.with_image_extension(image.removesuffix('_camera.json') + '_leftImg8bit')
     if not image:  # a camera without its image: scale by the official full resolution

@@ -42,7 +42,8 @@ def labeled_rows(index: common.ExampleIndex, count: int, *, seed: int,
       raise common.DataError(f'{selection}: holds {len(ids)} ids, fewer than the {count} labels '
                              'asked for')
     position = {i: n for n, i in enumerate(index.ids.tolist())}
-    unknown = [i for i in ids[:count] if i not in position]
+    # All ids, not just the first `count`: an unknown id anywhere means a corrupt or foreign file.
+    unknown = [i for i in ids if i not in position]
     if unknown:
       raise common.DataError(f'{selection}: ids not in the dataset split: {unknown[:5]} '
                              f'({len(unknown)} in all)')

@@ -7,6 +7,8 @@ Images are float32 [..., H, W, 3] in [0, 1]; label maps int32 [H, W]. Intrinsics
 
 from __future__ import annotations
 
+import re
+
 import tensorflow as tf
 
 # ITU-R 601 luma as PIL's convert('L'), which the reference's PIL-image ColorJitter uses.
@@ -19,6 +21,11 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
   return tf.cast(image, tf.float32) / 255.0
 
 
+def decode_label_ids(contents: tf.Tensor) -> tf.Tensor:
+  """8-bit raw-id PNG -> [H, W] int32 raw ids."""
+  return tf.cast(tf.io.decode_png(contents, channels=1, dtype=tf.uint8)[..., 0], tf.int32)
+
+
 def decode_label(contents: tf.Tensor, lookup: tf.Tensor, valid: tf.Tensor, path: tf.Tensor,
                  strict: bool) -> tf.Tensor:
   """8-bit raw-id PNG -> [H, W] int32 training ids.
@@ -27,7 +34,7 @@ def decode_label(contents: tf.Tensor, lookup: tf.Tensor, valid: tf.Tensor, path:
     lookup: [256] int32 raw id -> training id; valid: [256] bool, ids the dataset may contain.
     path: the file, named in the error when `strict` and an id is invalid (else it maps to ignore).
   """
-  raw = tf.cast(tf.io.decode_png(contents, channels=1, dtype=tf.uint8)[..., 0], tf.int32)
+  raw = decode_label_ids(contents)
   if strict:
     ok = tf.reduce_all(tf.gather(valid, raw))
     with tf.control_dependencies([tf.debugging.Assert(
@@ -37,13 +44,22 @@ def decode_label(contents: tf.Tensor, lookup: tf.Tensor, valid: tf.Tensor, path:
 
 
 def decode_npy_float32(contents: tf.Tensor, shape: tuple[int, int], path: tf.Tensor) -> tf.Tensor:
-  """Bytes of a little-endian float32 .npy file (format 1.0) -> [H, W] float32."""
+  """Bytes of a little-endian float32 .npy file (format 1.0) of `shape` -> [H, W] float32.
+
+  The magic, dtype, order and shape of the header and the data's size and finiteness are asserted
+  (a corrupt depth label fails the step, whose diagnosis names it), never trusted.
+  """
+  magic_ok = tf.equal(tf.strings.substr(contents, 0, 8), b'\x93NUMPY\x01\x00')
   header_len = tf.cast(tf.io.decode_raw(tf.strings.substr(contents, 8, 2), tf.uint16)[0], tf.int32)
   header = tf.strings.substr(contents, 10, header_len)
-  ok = tf.strings.regex_full_match(header, r".*'descr': '<f4'.*'fortran_order': False.*\s*")
-  with tf.control_dependencies([tf.debugging.Assert(ok, ['not a float32 C-order .npy:', path])]):
+  # The header np.save writes, padded with spaces and a newline.
+  expected = re.escape(f"{{'descr': '<f4', 'fortran_order': False, 'shape': {tuple(shape)}, }}")
+  header_ok = tf.strings.regex_full_match(header, expected + r'\s*')
+  with tf.control_dependencies([tf.debugging.Assert(
+      magic_ok & header_ok, ['not a float32 C-order .npy of shape', shape, path])]):
     data = tf.strings.substr(contents, 10 + header_len, -1)
-  return tf.reshape(tf.io.decode_raw(data, tf.float32), shape)
+  depth = tf.reshape(tf.io.decode_raw(data, tf.float32), shape)
+  return tf.debugging.assert_all_finite(depth, 'NaN or infinite values in a depth label')
 
 
 def crop_and_flip(x: tf.Tensor, crop_x, crop_y, crop: tuple[int, int], flip) -> tf.Tensor:

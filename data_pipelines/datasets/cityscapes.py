@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import math
 import os
 import re
 
@@ -111,16 +112,31 @@ class Cityscapes(common.Reader):
       if city not in sizes:
         sizes[city] = common.image_size(image)
       width, height = sizes[city]
-      camera = common.read_json(cameras[(city, seq)])
-      try:
-        k = camera['intrinsic']
-        result[(city, seq)] = (k['fx'] / width, k['fy'] / height, k['u0'] / width, k['v0'] / height)
-      except (KeyError, TypeError) as e:
-        raise common.DataError(f'{cameras[(city, seq)]}: missing intrinsic key {e}') from e
+      k = read_camera(cameras[(city, seq)])['intrinsic']
+      result[(city, seq)] = (k['fx'] / width, k['fy'] / height, k['u0'] / width, k['v0'] / height)
     if missing:
       logging.info('Cityscapes %s: %d snippets without camera JSON use the official intrinsics',
                    split, missing)
     return result
+
+
+def read_camera(path: str) -> dict:
+  """A camera JSON whose intrinsics (pixels) are finite numbers with positive focal lengths, else
+  a DataError naming the file (the intrinsics of self-supervised depth come from here)."""
+  camera = common.read_json(path)
+  k = camera.get('intrinsic') if isinstance(camera, dict) else None
+  if not isinstance(k, dict):
+    raise common.DataError(f'{path}: no "intrinsic" object')
+  for key in ('fx', 'fy', 'u0', 'v0'):
+    if key not in k:
+      raise common.DataError(f'{path}: missing intrinsic key {key!r}')
+    value = k[key]
+    # bool is an int to Python, but never an intrinsic
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+      raise common.DataError(f'{path}: intrinsic {key} is {value!r}, expected a finite number')
+  if k['fx'] <= 0 or k['fy'] <= 0:
+    raise common.DataError(f'{path}: focal lengths fx={k["fx"]}, fy={k["fy"]} must be positive')
+  return camera
 
 
 def rescale_camera(camera: dict, scale_x: float, scale_y: float) -> dict:

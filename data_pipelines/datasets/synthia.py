@@ -79,8 +79,9 @@ class Synthia(common.Reader):
     """Class ids from channel 0 of a 16-bit label PNG (or an 8-bit id map of a prepared tree)."""
     with open(path, 'rb') as f:
       data = f.read()
-    if data[:8] != b'\x89PNG\r\n\x1a\n':
-      raise common.DataError(f'{path}: not a PNG file')
+    # The signature and the IHDR chunk's bit depth (byte 24) are read before any decoder.
+    if data[:8] != b'\x89PNG\r\n\x1a\n' or len(data) < 25:
+      raise common.DataError(f'{path}: not a PNG file ({len(data)} bytes)')
     if data[24] == 8:  # the IHDR chunk's bit depth
       return common.decode_label_png(path)
     import tensorflow as tf  # PIL cannot read 16-bit multi-channel PNGs
