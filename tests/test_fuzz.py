@@ -12,9 +12,9 @@ Cases per file type: 2 * CASES corrupted files (CASES truncations, CASES one-byt
 by every reader of that type; each test prints its tally (run with -s to see it) and asserts the
 count, so the numbers in the README's reliability section are what runs here. With CASES = 20:
 JPEG image 40 files x 2 readers (pipeline, prepare), 8-bit label PNG 40 x 3 (pipeline,
-decode_label_png, prepare), Synthia 16-bit label PNG 40 x 2, .npy depth label 40 x 1 (pipeline),
-camera JSON 40 x 2 (reader, prepare), selection JSON 40 x 1, Orbax _CHECKPOINT_METADATA and
-_METADATA 40 x 1 each: 520 reads, plus the WRONG_FILES cases.
+decode_label_png, prepare), Synthia 16-bit label PNG 40 x 2, .npy depth label 40 x 2 (pipeline,
+the selection student's ranges), camera JSON 40 x 2 (reader, prepare), selection JSON 40 x 1,
+Orbax _CHECKPOINT_METADATA and _METADATA 40 x 1 each: 560 reads, plus the WRONG_FILES cases.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from data_pipelines.datasets import DataError
 from data_pipelines.datasets import cityscapes
 from data_pipelines.datasets import common
 from data_pipelines.datasets import synthia
+from sdeseg_jax.stages.select_labels import students
 from sdeseg_jax.training import checkpointing
 from tests import fixtures
 
@@ -223,7 +224,14 @@ def png16_label(root: str) -> Target:
 
 def npy_depth(root: str) -> Target:
   files = _prepared_files(root)
-  return Target(files['depth'], [_pipeline_reader(files)])
+  folder = os.path.dirname(files['depth'])
+
+  def check_range(ranges, intact):
+    assert ranges.shape == (1, 2) and np.isfinite(ranges).all() and ranges[0, 0] <= ranges[0, 1]
+  # The selection student's per-image normalisation reads the whole label outside the pipeline.
+  student = Reader('student ranges',
+                   lambda: students.disparity_ranges(folder, ['example'], RES), check_range)
+  return Target(files['depth'], [_pipeline_reader(files), student])
 
 
 def camera_json(root: str) -> Target:

@@ -38,16 +38,13 @@ def teacher_dir(workdir: str, index: common.ExampleIndex) -> str:
   return folder
 
 
-def disparity_ranges(folder: str, ids) -> np.ndarray:
-  """[N, 2] (min, max) of each whole depth label: the teacher's per-image min-max normalisation,
-  applied to crops of it during student training."""
+def disparity_ranges(folder: str, ids, resolution: tuple[int, int]) -> np.ndarray:
+  """[N, 2] (min, max) of each whole depth label (checked as the input pipeline checks it, at the
+  prepared resolution (W, H)): the teacher's per-image min-max normalisation, applied to crops of
+  it during student training."""
   ranges = np.zeros((len(ids), 2), np.float32)
   for row, example in enumerate(ids):
-    path = os.path.join(folder, example + '.npy')
-    try:
-      disparity = np.load(path, mmap_mode='r')
-    except (OSError, ValueError) as e:
-      raise common.DataError(f'{path}: unreadable depth label ({e})') from e
+    disparity = pipeline.read_depth_label(os.path.join(folder, example + '.npy'), resolution)
     ranges[row] = disparity.min(), disparity.max()
   return ranges
 
@@ -120,10 +117,11 @@ def train_student(config, kind: str, index: common.ExampleIndex, reader, *, step
                                             save_interval_steps=student.checkpoint_every)
   state, _ = checkpointer.restore_or_init(sharding.replicate(state, mesh))
   start = int(jax.device_get(state.step))
-  ranges = disparity_ranges(teacher, index.ids) if kind == 'depth' else None
+  resolution = tuple(config.data.target.resolution)
+  ranges = disparity_ranges(teacher, index.ids, resolution) if kind == 'depth' else None
   batches = pipeline.segmentation_batches(
       index.without_labels() if kind == 'depth' else index, reader.label_spec,
-      resolution=tuple(config.data.target.resolution), crop=tuple(config.data.crop),
+      resolution=resolution, crop=tuple(config.data.crop),
       sharding=pipeline.Sharding(student.batch_size, jax.process_index(), jax.process_count()),
       seed=config.seed, stream=f'select_student_{step}', flip_prob=config.data.flip_prob,
       depth_dir=teacher if kind == 'depth' else '', strict_labels=config.data.strict_labels,
