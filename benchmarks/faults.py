@@ -311,11 +311,16 @@ def compare_files(reference: str, workdir: str, pattern: str, read) -> list[str]
   return differences
 
 
+# Log lines that name a leftover to delete it (Orbax removes an unfinished temporary folder it meets).
+_CLEANUP = re.compile(r'[Rr]emov|[Cc]lean|[Dd]elet')
+
+
 def names_leftover(log_path: str, left: list[str]) -> list[str]:
-  """The temporary paths of killed runs that a later run's log names (read as if complete)."""
+  """The temporary paths of killed runs that a later run's log names other than to delete them (a
+  sign one was read as if complete)."""
   with open(log_path, errors='replace') as f:
-    text = f.read()
-  return [p for p in left if os.path.basename(p) in text]
+    lines = [line for line in f if not _CLEANUP.search(line)]
+  return [p for p in left if any(os.path.basename(p) in line for line in lines)]
 
 
 # --------------------------------------------------------------------------------------------------
