@@ -1,4 +1,4 @@
-"""Fault injection: SIGKILL the tiny demo at random moments, rerun it, compare with an uninterrupted run.
+"""Fault injection: SIGKILL the tiny demo at random moments, rerun, compare with an uninterrupted run.
 
     python -m benchmarks.faults [--trials N] [--seed S] [--workdir DIR] [--out FILE.json]
 
@@ -311,7 +311,7 @@ def compare_files(reference: str, workdir: str, pattern: str, read) -> list[str]
   return differences
 
 
-# Log lines that name a leftover to delete it (Orbax removes an unfinished temporary folder it meets).
+# Log lines that name a leftover to delete it (Orbax removes an unfinished temporary folder).
 _CLEANUP = re.compile(r'[Rr]emov|[Cc]lean|[Dd]elet')
 
 
