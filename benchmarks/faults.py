@@ -1,4 +1,4 @@
-"""Fault injection: SIGKILL the tiny demo at random moments, rerun, compare with an uninterrupted run.
+"""Fault injection: SIGKILL the tiny demo at random moments, rerun it, compare with a clean run.
 
     python -m benchmarks.faults [--trials N] [--seed S] [--workdir DIR] [--out FILE.json]
 
