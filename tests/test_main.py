@@ -175,7 +175,7 @@ def _user_env() -> dict:
 def test_bad_flags_config_files_and_overrides_end_in_one_line(tmp_path):
   """The whole output of the command as a user's shell runs it, start-up included, is one FATAL
   line: no TensorFlow or absl start-up lines, no traceback, no escaped string."""
-  for args, message in (
+  cases = (
       (['--config=configs/nosuch.py'],
        f'--config=configs/nosuch.py: no such config file (relative to {REPO})'),
       (['--config', 'configs/nosuch.py', '--config.sde.num_steps=3'],  # absl's other form
@@ -186,14 +186,17 @@ def test_bad_flags_config_files_and_overrides_end_in_one_line(tmp_path):
       (['--config=configs/demo.py:tiny', '--config.sde.num_step=3'],
        'no key \'num_step\' in config.sde (did you mean "num_steps"?)'),
       (['--config=configs/demo.py:tiny', '--config.sde.num_steps=abc'],
-       "flag --config.sde.num_steps=abc: invalid literal for int() with base 10: 'abc'")):
-    result = subprocess.run([sys.executable, '-m', 'sdeseg_jax.main', *args,
-                             f'--workdir={tmp_path}/w'], cwd=REPO, env=_user_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            timeout=300)
-    assert result.returncode == 1, result.stdout[-2000:]
-    assert result.stdout.splitlines() == [
-        f'FATAL invalid flag, config or override: {message}'], result.stdout[-2000:]
+       "flag --config.sde.num_steps=abc: invalid literal for int() with base 10: 'abc'"))
+  # All at once: each is a process start-up (imports), which is most of the time.
+  running = [subprocess.Popen([sys.executable, '-m', 'sdeseg_jax.main', *args,
+                               f'--workdir={tmp_path}/w'], cwd=REPO, env=_user_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for args, _ in cases]
+  for process, (_, message) in zip(running, cases):
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 1, output[-2000:]
+    assert output.splitlines() == [f'FATAL invalid flag, config or override: {message}'], (
+        output[-2000:])
 
 
 def _override_error(*overrides: str) -> str:
