@@ -106,3 +106,17 @@ def write_camvid(root, size=(48, 36)):
       _save(f'{root}/{split}/{name}.png', coded_image(size, i))
       _save(f'{root}/{split}annot/{name}.png', label_ids(size, (0, 3, 8, 11)), 'L')
   return root
+
+
+class ArrayState:
+  """The least a checkpointing.Checkpointer saves and restores: a dict of arrays with
+  to_dict/from_dict, as a TrainState has."""
+
+  def __init__(self, arrays):
+    self.arrays = arrays
+
+  def to_dict(self):
+    return self.arrays
+
+  def from_dict(self, arrays):
+    return ArrayState(arrays)

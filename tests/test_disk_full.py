@@ -86,33 +86,21 @@ def test_errors_other_than_a_full_disk_are_not_renamed(tmp_path):
   assert not files.is_disk_full(OSError(2, 'No such file or directory'))
 
 
-class _Arrays:
-  """The least a Checkpointer saves and restores: a dict of arrays with to_dict/from_dict."""
-
-  def __init__(self, arrays):
-    self.arrays = arrays
-
-  def to_dict(self):
-    return self.arrays
-
-  def from_dict(self, arrays):
-    return _Arrays(arrays)
-
-
 @pytest.mark.parametrize('async_save', [False, True])
 def test_a_checkpoint_that_does_not_fit_leaves_the_previous_one(small_disk, async_save):
   directory = str(small_disk / 'ckpt')
   small = {'w': np.arange(8, dtype=np.float32)}
   checkpointer = checkpointing.Checkpointer(directory, save_interval_steps=1,
                                             async_save=async_save)
-  checkpointer.save(1, _Arrays(small))
+  checkpointer.save(1, fixtures.ArrayState(small))
   checkpointer.wait()
   with pytest.raises(files.DiskFullError, match=rf'^{directory}: no space left'):
-    checkpointer.save(2, _Arrays({'w': _big_array()}))
+    checkpointer.save(2, fixtures.ArrayState({'w': _big_array()}))
     checkpointer.wait()  # an asynchronous save fails here
   with contextlib.suppress(files.DiskFullError):
     checkpointer.close()
-  restored = checkpointing.Checkpointer(directory).restore(_Arrays({'w': np.zeros(8, np.float32)}))
+  empty = fixtures.ArrayState({'w': np.zeros(8, np.float32)})
+  restored = checkpointing.Checkpointer(directory).restore(empty)
   np.testing.assert_array_equal(restored.arrays['w'], small['w'])
   assert checkpointing.read_arrays(directory)['w'].tolist() == small['w'].tolist()
 

@@ -14,6 +14,7 @@ import pytest
 from configs import base
 
 from sdeseg_jax.training import checkpointing, loop, optim, sharding, train_state
+from tests import fixtures
 
 
 def _optim_config(**groups):
@@ -199,19 +200,6 @@ def test_resume_after_a_torn_latest_checkpoint_is_exact_and_saves_that_step_agai
 # -------------------------------------------------------------------------------------------------
 # Torn checkpoints: each fault in the newest of two checkpoints, then in both.
 
-class _Arrays:
-  """The least a Checkpointer restores into: a plain dict of arrays with to_dict/from_dict."""
-
-  def __init__(self, arrays):
-    self.arrays = arrays
-
-  def to_dict(self):
-    return self.arrays
-
-  def from_dict(self, arrays):
-    return _Arrays(arrays)
-
-
 def _arrays(step):
   return {'w': np.full((3,), step, np.float32), 'b': np.arange(4, dtype=np.float32) * step}
 
@@ -219,7 +207,7 @@ def _arrays(step):
 def _write_steps(directory, steps=(1, 2)):
   checkpointer = checkpointing.Checkpointer(str(directory), save_interval_steps=1)
   for step in steps:
-    checkpointer.save(step, _Arrays(_arrays(step)))
+    checkpointer.save(step, fixtures.ArrayState(_arrays(step)))
   checkpointer.close()  # waits for the saves
 
 
@@ -278,12 +266,12 @@ def test_a_torn_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplo
   assert all(str(f) in str(error.value) for f in files)
   # The Checkpointer: the previous step, the torn folder set aside; step 2 can be saved again.
   checkpointer = checkpointing.Checkpointer(str(tmp_path), save_interval_steps=1)
-  _assert_values_of_step(checkpointer.restore(_Arrays(_arrays(0))).arrays, 1)
+  _assert_values_of_step(checkpointer.restore(fixtures.ArrayState(_arrays(0))).arrays, 1)
   assert checkpointer.latest_step() == 1
   assert sorted(os.listdir(tmp_path)) == ['1', '2.broken']
-  checkpointer.save(2, _Arrays(_arrays(2)))
+  checkpointer.save(2, fixtures.ArrayState(_arrays(2)))
   checkpointer.wait()
-  _assert_values_of_step(checkpointer.restore(_Arrays(_arrays(0))).arrays, 2)
+  _assert_values_of_step(checkpointer.restore(fixtures.ArrayState(_arrays(0))).arrays, 2)
   checkpointer.close()
 
 
@@ -296,7 +284,7 @@ def test_with_every_checkpoint_torn_one_error_names_them_all(tmp_path):
              rf'{tmp_path}/1 \(.+_METADATA is missing\)\. Delete these folders')
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   with pytest.raises(checkpointing.CheckpointError, match=listing):
-    checkpointer.restore(_Arrays(_arrays(0)))
+    checkpointer.restore(fixtures.ArrayState(_arrays(0)))
   checkpointer.close()
   with pytest.raises(checkpointing.CheckpointError, match=listing):
     checkpointing.read_arrays(str(tmp_path))
@@ -309,7 +297,7 @@ def test_checkpoints_that_do_not_fit_or_do_not_exist_are_named_and_not_set_aside
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   # Another config's state: no older checkpoint would fit either, so no fall-back. (Device arrays,
   # as a TrainState holds: into a NumPy target Orbax restores the saved shape without a word.)
-  other = _Arrays({'w': jnp.zeros((5,)), 'b': jnp.zeros((4,))})
+  other = fixtures.ArrayState({'w': jnp.zeros((5,)), 'b': jnp.zeros((4,))})
   with pytest.raises(checkpointing.CheckpointError,
                      match=re.escape(f"{tmp_path / '2'}: does not fit this state (['w'] has shape "
                                      '(3,), not (5,))')):
