@@ -138,7 +138,9 @@ def _filters(fps: float | None, size: tuple[int, int] | None) -> list[str]:
   """The -vf chain: resample to `fps` (dropping or repeating frames), then scale to `size`."""
   chain = []
   if fps is not None:
-    chain.append(f'fps={fps:g}')
+    # round=up: tick k takes the frame on screen at time k / fps, so a 12 fps video at 4 fps
+    # gives its frames 0, 3, 6, ... (the default, round=near, gives 1, 4, 7, ...).
+    chain.append(f'fps={fps:g}:round=up')
   if size is not None:
     chain.append(f'scale={size[0]}:{size[1]}:flags=lanczos')
   return chain
@@ -151,7 +153,8 @@ def extract_frames(path: str, folder: str, *, fps: float | None = None,
   Args:
     path: a video file ffmpeg reads.
     folder: an existing folder; files of the same names are overwritten.
-    fps: frames per second to extract at (ffmpeg's fps filter: the frame nearest each tick).
+    fps: frames per second to extract at (ffmpeg's fps filter: at each tick k / fps, the frame
+      on screen then).
       None keeps every frame of the video once, as stored (no frames repeated or dropped, also
       in a variable-frame-rate video).
     size: (width, height) to scale the frames to; None keeps the video's size.
