@@ -13,6 +13,7 @@ and what ffmpeg said (the last line of its stderr).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import subprocess
@@ -180,8 +181,15 @@ def extract_frames(path: str, folder: str, *, fps: float | None = None,
     args += ['-pix_fmt', 'rgb24']
   pattern = os.path.join(folder, f'{FRAME_PATTERN}.{image_format}')
   with files.named_if_disk_full(folder):
-    _run([*args, '-start_number', '0', '-y', pattern], path, 'decode this video')
-  return len(frame_files(folder, image_format))
+    stderr = _run([*args, '-start_number', '0', '-y', pattern], path, 'decode this video')
+  count = len(frame_files(folder, image_format))
+  if stderr.strip():
+    # ffmpeg decodes past damaged packets (a truncated download, a corrupt stretch): keep what it
+    # could decode, but say so, since frames may be missing.
+    logging.warning('%s: ffmpeg reported %d problems decoding it (damaged or truncated?); the '
+                    '%d frames it could decode were written. Its last line: %s', path,
+                    len(stderr.strip().splitlines()), count, ffmpeg_said(stderr))
+  return count
 
 
 def frame_files(folder: str, image_format: str | None = None) -> list[str]:
