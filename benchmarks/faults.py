@@ -4,12 +4,14 @@
 
 A benchmark of crash safety, not a test (minutes per trial). It runs the tiny demo's stages
 (`python -m sdeseg_jax.main --config=configs/demo.py:tiny`) once uninterrupted as the reference,
-then for each trial starts the same command in a fresh workdir, kills its process group with
-SIGKILL at a random moment (seeded) and reruns the same command, killing it again on some trials,
-until a run finishes. The production code has no fault hooks: the harness chooses its moments by
+one stage per command, keeping a copy of the workdir before each stage. Each trial draws a moment
+(seeded), starts the full command in a copy of the reference workdir from before that moment's
+stage (finished stages are skipped, as on any resume), kills its process group with SIGKILL at
+that moment and reruns the same command, killing it again at a later moment on some trials, until
+a run finishes. The production code has no fault hooks: the harness chooses its moments by
 watching the workdir and the run's log (polling), from two kinds:
   - time in a stage: a random time, up to the stage's reference duration, after the log says it
-    started (every stage, and start-up before the first);
+    started (every stage);
   - a write in flight: a random short delay after a new file or folder appears that marks a write
     (an Orbax temporary checkpoint folder of each stage and of segment/best, a hidden temporary file
     of data_pipelines.files.write_atomic, a prepared image, a depth label, a selection step file).
@@ -18,7 +20,7 @@ watching the workdir and the run's log (polling), from two kinds:
 After each kill it checks that every stage with a `done` marker has its outputs complete; after the
 last run it checks that the outputs equal the reference's bit for bit: the arrays of every stage's
 final checkpoint and of segment/best (checkpointing.read_arrays), the depth labels (.npy bytes), the
-selection files, eval.json and the other JSON reports (values equal, the workdir path aside), and
+selection files, eval.json and the other JSON reports (values equal), and
 that no run's log names a temporary file a killed run left behind (one read as complete).
 
 Output: a table of the faults (stage running, the moment, what was being written, the outcome:
@@ -110,9 +112,11 @@ def pick_moment(moments: list[Moment], workdir: str, rng: random.Random) -> Mome
 # --------------------------------------------------------------------------------------------------
 # Watching a run.
 
-def command(workdir: str, cache_dir: str) -> list[str]:
+def command(workdir: str, cache_dir: str, stages: str = '') -> list[str]:
+  """The demo command; `stages` (comma-separated) runs only those stages."""
   return [sys.executable, '-m', 'sdeseg_jax.main', f'--config={CONFIG}', f'--workdir={workdir}',
-          f'--config.compilation_cache_dir={cache_dir}']
+          f'--config.compilation_cache_dir={cache_dir}'] + (
+              [f'--config.stages={stages}'] if stages else [])
 
 
 def relative_paths(workdir: str, root: str) -> set[str]:
@@ -133,11 +137,11 @@ def stages_started(log_path: str) -> list[str]:
 class Run:
   """One run of the demo command in a workdir, its output in a log file."""
 
-  def __init__(self, workdir: str, cache_dir: str, log_path: str):
+  def __init__(self, workdir: str, cache_dir: str, log_path: str, stages: str = ''):
     self.workdir, self.log_path, self.start = workdir, log_path, time.monotonic()
     with open(log_path, 'w') as log:
       # A new session: the kill takes the run's whole process group, workers included, as a crash.
-      self.process = subprocess.Popen(command(workdir, cache_dir), cwd=REPO, env=ENV, stdout=log,
+      self.process = subprocess.Popen(command(workdir, cache_dir, stages), cwd=REPO, env=ENV, stdout=log,
                                       stderr=subprocess.STDOUT, start_new_session=True)
 
   def elapsed(self) -> float:
@@ -251,11 +255,14 @@ def marker_problems(workdir: str, outputs: dict[str, list[str]]) -> list[str]:
   return problems
 
 
-def read_json(path: str, workdir: str = ''):
-  """The JSON at `path`, with the run's workdir path replaced so two runs compare."""
+def read_json(path: str):
+  """The JSON at `path`; a saved config without its `stages` (which differ by design: the
+  reference runs one stage per command)."""
   with open(path) as f:
-    text = f.read()
-  return json.loads(text.replace(workdir, '<workdir>') if workdir else text)
+    value = json.load(f)
+  if os.path.basename(path) == 'config.json':
+    value.pop('stages', None)
+  return value
 
 
 def array_differences(a, b) -> list[str]:
@@ -293,7 +300,7 @@ def compare_outputs(reference: str, workdir: str) -> list[str]:
   return differences
 
 
-def _bytes(path: str, workdir: str = '') -> bytes:
+def _bytes(path: str) -> bytes:
   with open(path, 'rb') as f:
     return f.read()
 
@@ -306,8 +313,7 @@ def compare_files(reference: str, workdir: str, pattern: str, read) -> list[str]
   differences = [f'{p}: missing' for p in sorted(ours - theirs)]
   differences += [f'{p}: extra' for p in sorted(theirs - ours)]
   differences += [f'{p}: differs' for p in sorted(ours & theirs)
-                  if read(os.path.join(reference, p), reference)
-                  != read(os.path.join(workdir, p), workdir)]
+                  if read(os.path.join(reference, p)) != read(os.path.join(workdir, p))]
   return differences
 
 
@@ -326,39 +332,48 @@ def names_leftover(log_path: str, left: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # Reference and trials.
 
-def run_reference(workdir: str, cache_dir: str) -> dict:
-  """The uninterrupted run; its wall time and how long each stage took (s, from its log line to
-  its `done` marker), which bounds the time-in-stage kills."""
-  shutil.rmtree(workdir, ignore_errors=True)
+def run_reference(workdir: str, cache_dir: str, snapshots: str, reference: str) -> dict:
+  """The uninterrupted run in `workdir`, one stage per command (stages hand over only through the
+  workdir), copying the workdir to snapshots/<stage> before each stage; its final state is moved
+  to `reference`. Trials run in the same `workdir` path, restored from a snapshot, so the paths
+  that reports and markers record are the same as in the reference. Returns the wall time and how
+  long each stage took (s, from its log line to its `done` marker), which bounds the time-in-stage
+  kills."""
+  for folder in (workdir, snapshots, reference):
+    shutil.rmtree(folder, ignore_errors=True)
   os.makedirs(workdir)
-  run = Run(workdir, cache_dir, workdir + '.log')
-  started, finished = {}, {}
-  while run.running():
-    for stage in stages_started(run.log_path):
-      started.setdefault(stage, run.elapsed())
-    for stage in STAGES:
-      if stage not in finished and os.path.exists(os.path.join(workdir, stage, 'done')):
-        finished[stage] = run.elapsed()
-    time.sleep(POLL_S)
-  if run.finish() != 0:
-    raise RuntimeError(f'the reference run failed; see {run.log_path}')
-  durations = {s: round(finished[s] - started[s], 2) for s in STAGES}
-  return dict(wall_s=round(run.elapsed(), 1), stage_s=durations)
+  durations, start = {}, time.monotonic()
+  for stage in STAGES:
+    shutil.copytree(workdir, os.path.join(snapshots, stage))
+    run = Run(workdir, cache_dir, f'{reference}.{stage}.log', stages=stage)
+    started = None
+    while run.running() and not os.path.exists(os.path.join(workdir, stage, 'done')):
+      if started is None and stages_started(run.log_path):
+        started = run.elapsed()
+      time.sleep(POLL_S)
+    durations[stage] = round(run.elapsed() - (started or 0.0), 2)
+    if run.finish() != 0:
+      raise RuntimeError(f'the reference run failed; see {run.log_path}')
+  shutil.move(workdir, reference)
+  return dict(wall_s=round(time.monotonic() - start, 1), stage_s=durations)
 
 
 def run_trial(index: int, root: str, reference: str, cache_dir: str, moments: list[Moment],
               outputs: dict, rng: random.Random) -> dict:
-  """Kills and reruns one fresh workdir until a run finishes; its faults and outcome."""
-  workdir = os.path.join(root, f'trial_{index:02d}')
+  """Kills and reruns root/work until a run finishes; its faults and outcome. The workdir starts
+  as the reference's before the stage of the first kill's moment; a trial that does not resume
+  bitwise equal keeps it as root/trial_<index>."""
+  workdir = os.path.join(root, 'work')
+  first = rng.choice(moments)
   shutil.rmtree(workdir, ignore_errors=True)
-  os.makedirs(workdir)
+  shutil.copytree(os.path.join(root, 'snapshots', first.stage), workdir)
   kills_planned = rng.choice((1, 1, 2, 3))  # at least one kill, sometimes more
   kills, problems, left, start, status = [], [], [], time.monotonic(), None
   for attempt in range(MAX_RUNS_PER_TRIAL):
-    log_path = f'{workdir}.run{attempt}.log'
+    log_path = os.path.join(root, f'trial_{index:02d}.run{attempt}.log')
     run, kill = Run(workdir, cache_dir, log_path), None
     if len(kills) < kills_planned and first_unfinished(workdir):
-      kill = kill_at(run, pick_moment(moments, workdir, rng), rng)
+      kill = kill_at(run, first if not kills else pick_moment(moments, workdir, rng), rng)
     if kill is None:
       status = run.finish()  # no kill planned, or the moment never came
     # What earlier kills left behind must never be read by a later run (as a complete file).
@@ -375,7 +390,9 @@ def run_trial(index: int, root: str, reference: str, cache_dir: str, moments: li
   else:
     differences = compare_outputs(reference, workdir) + problems
     outcome = 'mismatch' if differences else 'resumed ok'
-  return dict(trial=index, kills=kills, runs=len(kills) + 1, outcome=outcome,
+  if outcome != 'resumed ok':
+    shutil.move(workdir, os.path.join(root, f'trial_{index:02d}'))
+  return dict(trial=index, from_stage=first.stage, kills=kills, runs=len(kills) + 1, outcome=outcome,
               differences=differences, wall_s=seconds)
 
 
@@ -407,7 +424,8 @@ def main() -> None:
   rng = random.Random(args.seed)
   root = os.path.abspath(args.workdir)
   reference_dir = os.path.join(root, 'reference')
-  reference = run_reference(reference_dir, args.cache)
+  reference = run_reference(os.path.join(root, 'work'), args.cache, os.path.join(root, 'snapshots'),
+                            reference_dir)
   print(f'reference run: {reference}', flush=True)
   moments = stage_moments(reference['stage_s']) + write_moments()
   outputs = stage_outputs(reference_dir, reference_dir)
