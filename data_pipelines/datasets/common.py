@@ -120,6 +120,20 @@ class LabelSpec:
     valid = self.valid_table()
     return [int(i) for i in np.unique(raw) if i > 255 or not valid[i]]
 
+  def to_json(self) -> dict:
+    """A JSON-able dict that `from_json` turns back into this spec."""
+    return dict(class_names=list(self.class_names),
+                id_to_train=[[int(r), int(t)] for r, t in sorted(self.id_to_train.items())],
+                valid_ids=sorted(int(i) for i in self.valid_ids),
+                colours=[list(c) for c in self.colours])
+
+  @classmethod
+  def from_json(cls, data: dict) -> 'LabelSpec':
+    return cls(class_names=tuple(data['class_names']),
+               id_to_train={int(r): int(t) for r, t in data['id_to_train']},
+               valid_ids=frozenset(int(i) for i in data['valid_ids']),
+               colours=tuple(tuple(int(v) for v in c) for c in data['colours']))
+
 
 @dataclasses.dataclass(frozen=True)
 class ExampleIndex:
