@@ -311,7 +311,8 @@ def test_a_bad_piece_of_a_prepared_tree_is_named_by_the_data_stage(tmp_path):
     ({'classes': []}, '0 classes; a dataset has 1 to 255'),
     ({'classes': fixtures.FOLDER_CLASSES, 'ignore_id': 3}, "ignore_id 3 is the id of class"),
     ({'classes': fixtures.FOLDER_CLASSES, 'id_map': {'7': 5}}, r"id_map\['7'\] is 5"),
-    ({'classes': fixtures.FOLDER_CLASSES, 'id_map': {'255': 0}}, 'id_map maps raw id 255, which is the ignore_id'),
+    ({'classes': fixtures.FOLDER_CLASSES, 'id_map': {'255': 0}},
+     'id_map maps raw id 255, which is the ignore_id'),
     ({'classes': fixtures.FOLDER_CLASSES, 'colours': []}, r"unknown keys \['colours'\]"),
     ({'classes': fixtures.FOLDER_CLASSES * 2}, "class names .* more than once"),
 ])
