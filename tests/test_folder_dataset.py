@@ -341,3 +341,23 @@ def test_camera_forms_agree():
   np.testing.assert_allclose(pixels.at(None), [0.5, 1.0, 0.5, 0.5])
   np.testing.assert_allclose(hfov.at((200, 100)), [0.5, 1.0, 0.5, 0.5])
   np.testing.assert_allclose(hfov.at((100, 100)), [0.5, 0.5, 0.5, 0.5])
+
+
+def test_tfds_shards_keep_the_classes_of_the_tree(world, tmp_path):
+  """A pod reading the shards without the prepared tree still has the tree's classes."""
+  from data_pipelines import tfds_backend  # imported here: TFDS loads only for this test
+  _, reader = world
+  tfds_dir = str(tmp_path / 'tfds')
+  tfds_backend.build('folder', reader.root, SIZE, tfds_dir, workers=2)
+  shards = tfds_backend.open_reader('folder', reader.root, SIZE, tfds_dir)
+  for kind, split in (('segmentation', 'train'), ('sequences', 'train')):
+    a, b = getattr(reader, kind)(split), getattr(shards, kind)(split)
+    assert b.ids.tolist() == a.ids.tolist() and (b.images == a.images).all()
+    np.testing.assert_array_equal(b.intrinsics, a.intrinsics)
+  hidden = reader.root + '.hidden'
+  os.rename(reader.root, hidden)
+  try:
+    alone = tfds_backend.open_reader('folder', reader.root, SIZE, tfds_dir)
+  finally:
+    os.rename(hidden, reader.root)
+  assert alone.label_spec == reader.label_spec and alone.label_spec.num_classes == 19
