@@ -361,3 +361,20 @@ def test_tfds_shards_keep_the_classes_of_the_tree(world, tmp_path):
   finally:
     os.rename(hidden, reader.root)
   assert alone.label_spec == reader.label_spec and alone.label_spec.num_classes == 19
+
+
+def test_a_config_renders_the_world_in_the_folder_layout(tmp_path):
+  """sources.materialise: synthetic.domain with name='folder' renders, prepares and reads it."""
+  config = base.get_config()
+  config.data.target.update(name='folder', resolution=(64, 32))
+  config.data.target.synthetic.update(domain='game', size=(64, 32), sequences=4, frames=3)
+  config.data.image_format = 'png'
+  config.lock()
+  workdir = str(tmp_path / 'work')
+  assert stages.run_stages(config, workdir) == ['data']
+  summary = json.load(open(os.path.join(workdir, 'data', 'summary.json')))['target']
+  assert summary['classes'] == list(common.CITYSCAPES_CLASSES)
+  assert (summary['splits']['segmentation/train'], summary['splits']['segmentation/val'],
+          summary['splits']['sequences/train']) == (3, 1, 4)
+  assert len(summary['intrinsics']) == 3  # clips 0..2: hfov 56, 62, 68 degrees
+  assert os.path.exists(os.path.join(workdir, 'raw', 'target', 'depth'))
