@@ -195,12 +195,16 @@ def test_depth_files_of_a_hand_written_tree(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # The data stage: a good tree is summarised, each bad piece is one DataError naming the file.
 
-def _data_stage(raw, workdir):
+def _folder_config(raw):
   config = base.get_config()
   config.data.target.update(name='folder', raw_root=raw, resolution=(24, 12))
   config.data.image_format = 'png'
   config.lock()
-  return stages.run_stages(config, workdir)
+  return config
+
+
+def _data_stage(raw, workdir):
+  return stages.run_stages(_folder_config(raw), workdir)
 
 
 def test_data_stage_summarises_a_folder_tree(tmp_path):
@@ -213,6 +217,10 @@ def test_data_stage_summarises_a_folder_tree(tmp_path):
       3, 2, 9)
   assert splits['segmentation/test'].startswith('absent')
   assert summary['class_frequencies']['car'] > 0.1
+  # predict finds a folder run's classes in its prepared tree.
+  from sdeseg_jax import predict
+  spec = predict.run_label_spec(_folder_config(raw), str(tmp_path / 'work' / 'segment' / 'best'))
+  assert spec.class_names == ('road', 'car', 'sky', 'person', 'tree')
 
 
 def _rewrite_json(path, change):
