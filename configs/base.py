@@ -9,7 +9,8 @@ import ml_collections
 def dataset_config(name: str = '', resolution=(1024, 512)) -> ml_collections.ConfigDict:
   """One dataset role (target or source): which layout, where its trees are."""
   return ml_collections.ConfigDict(dict(
-      name=name,              # cityscapes | gta5 | synthia | camvid | '' (role unused)
+      name=name,              # cityscapes | gta5 | synthia | camvid | folder (your own data,
+                              # docs/folder_dataset.md) | '' (role unused)
       root='',                # prepared tree read by the pipelines ('' -> <workdir>/data/<role>)
       raw_root='',            # raw tree to prepare into `root` ('' -> none, or
                               # <workdir>/raw/<role>)

@@ -6,8 +6,10 @@
 Images are resized with antialiasing (Lanczos) and written as PNG or JPEG (quality 98, as the
 reference); label maps are resized nearest and written as 8-bit grayscale raw ids (GTA5 palette
 indices and Synthia's 16-bit channel 0 become plain id maps); Cityscapes camera JSONs are rescaled
-with the pixels. Each file is written to a temporary name and renamed, and existing outputs are
-skipped, so an interrupted run resumes and a finished one is a no-op. The marker
+with the pixels; the folder layout's intrinsics.json is rewritten normalised, and its classes.json
+and pairs.json are copied. The raw tree's layout is checked first (`Reader.check_layout`). Each
+file is written to a temporary name and renamed, and existing outputs are skipped, so an
+interrupted run resumes and a finished one is a no-op. The marker
 `sdeseg_prepared.json`, written last, is what the pipelines check for.
 """
 
@@ -18,6 +20,7 @@ import glob
 import json
 import logging
 import os
+import shutil
 import time
 
 from absl import app
@@ -82,6 +85,12 @@ def _convert(reader: common.Reader, kind: str, path: str, out: str, resolution, 
       width, height = common.image_size(image)
     camera = cityscapes.rescale_camera(camera, resolution[0] / width, resolution[1] / height)
     files.write_json(out, camera, indent=2)
+  elif kind == 'intrinsics':  # normalised: sizes in pixels would not hold after resizing
+    files.write_json(out, reader.prepared_intrinsics(), indent=2)
+  elif kind == 'copy':
+    files.write_atomic(out, lambda tmp: shutil.copyfile(path, tmp))
+  else:
+    raise ValueError(f'{reader.name}: unknown prepare kind {kind!r} of {path}')
   return out
 
 
@@ -90,7 +99,7 @@ def prepare(dataset: str, src: str, dst: str, resolution: tuple[int, int], *,
   """Converts every file of a raw tree into `dst`; returns the marker dict.
 
   Args:
-    dataset: reader name (cityscapes, gta5, synthia, camvid).
+    dataset: reader name (cityscapes, gta5, synthia, camvid, folder).
     src: the raw tree; dst: the prepared tree (created; may be partly written by an earlier run).
     resolution: (width, height) of the prepared images.
     image_format: 'jpg' or 'png' for images (labels are always PNG).
@@ -110,8 +119,9 @@ def prepare(dataset: str, src: str, dst: str, resolution: tuple[int, int], *,
                              'choose another destination')
     logging.info('%s is already prepared (%d files); nothing to do', dst, marker['files'])
     return marker
+  reader.check_layout()  # a bad file is named in the raw tree, before hours of converting
   raw_files = [(kind, path) for kind, pattern in reader.prepare_patterns
-               for path in sorted(glob.glob(os.path.join(src, pattern)))
+               for path in sorted(glob.glob(os.path.join(src, pattern), recursive=True))
                if kind != 'image' or os.path.splitext(path)[1].lower() in common.IMAGE_EXTENSIONS]
   if not raw_files:
     raise common.DataError(f'{src}: no {dataset} files found (patterns: '

@@ -173,7 +173,9 @@ class _ShardsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         dataset=reader.name, kind=kind, resolution=list(resolution),
         prepared={k: prepare.read_marker(root).get(k) for k in _MARKER_KEYS},
         val_count=reader.val_count if reader.splits_by_count else None,
-        sequence_root=bool(reader.sequence_root), splits=splits, absent=absent)
+        sequence_root=bool(reader.sequence_root), splits=splits, absent=absent,
+        # The classes: the folder layout's come from its tree, which a pod may not have.
+        label_spec=reader.label_spec.to_json())
     return generators
 
   def _generate_examples(self, index: common.ExampleIndex, base: str) -> Iterator:
@@ -436,7 +438,7 @@ class ShardReader(common.Reader):
   def __init__(self, dataset: str, root: str, resolution: Sequence[int], tfds_dir: str, *,
                val_count: int = 500, sequence_root: str = ''):
     folder_cls = _reader_class(dataset)
-    self.name, self.label_spec = folder_cls.name, folder_cls.label_spec
+    self.name = folder_cls.name
     self.segmentation_splits = folder_cls.segmentation_splits
     self.sequence_splits = folder_cls.sequence_splits
     self.splits_by_count = folder_cls.splits_by_count
@@ -457,6 +459,10 @@ class ShardReader(common.Reader):
         if kind == 'segmentation':  # every use needs these; the video ones only video users
           raise
         self._missing[kind] = e  # raised when the sequences are asked for
+    stored = self._shards['segmentation'].metadata.get('label_spec')
+    # Shards built before they stored their classes are of layouts with fixed ones.
+    self.label_spec = (common.LabelSpec.from_json(stored) if stored
+                       else folder_cls.label_spec_at(self.root))
     self.store = ShardStore(self._shards)
     self._tree = self._prepared_tree()
 
@@ -473,8 +479,20 @@ class ShardReader(common.Reader):
         raise common.DataError(
             f'{shard.where}: stale, built from a tree prepared as {shard.metadata["prepared"]} but '
             f'{self.root} is now prepared as {current}; rebuild: {self._command} --overwrite')
-    return prepare.open_prepared(self.name, self.root, self.resolution, val_count=self.val_count,
+    tree = prepare.open_prepared(self.name, self.root, self.resolution, val_count=self.val_count,
                                  sequence_root=self.sequence_root)
+    if tree.label_spec != self.label_spec:  # the folder layout's classes.json changed since
+      raise common.DataError(
+          f'{self._shards["segmentation"].where}: stale, built with the classes '
+          f'{list(self.label_spec.class_names)} but {self.root} now has '
+          f'{list(tree.label_spec.class_names)} (or other ids); rebuild: {self._command} '
+          '--overwrite')
+    return tree
+
+  def check_layout(self) -> None:
+    """The prepared tree's check, where the tree is here (the shards were built from it)."""
+    if self._tree is not None:
+      self._tree.check_layout()
 
   def shard_splits(self, kind: str) -> tuple[str, ...]:
     """The splits the shards of `kind` hold."""

@@ -5,8 +5,9 @@
 
 Videos (.mp4, .avi, .mov, .mkv, .webm; decoded with imageio's bundled ffmpeg) give one set of
 outputs per frame, named <video>_<frame:06d>. For each image: <name>_seg.png (colourised classes),
-<name>_overlay.png (over the image), <name>_labelIds.png (Cityscapes label ids: the official result
-format, named after the input so cityscapesscripts and the benchmark server accept it) and, for
+<name>_overlay.png (over the image), <name>_labelIds.png (the dataset's raw label ids, e.g.
+Cityscapes': the official result format, named after the input so cityscapesscripts and the
+benchmark server accept it; the folder layout's: class ids, or raw ids through its id_map) and, for
 multi-task networks, <name>_disparity.png. The network design comes from the segment run's
 config.json beside the checkpoint. Images are resized to the working resolution for inference and
 the predictions back to each image's own size (nearest for classes, bilinear for disparity).
@@ -31,6 +32,7 @@ from PIL import Image
 import imageio.v3 as iio
 
 from data_pipelines import datasets
+from data_pipelines import sources
 from data_pipelines.datasets import common
 from sdeseg_jax.models import networks
 from sdeseg_jax.training import checkpointing
@@ -58,6 +60,18 @@ def run_config(checkpoint: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+def run_label_spec(config: ml_collections.ConfigDict, checkpoint: str) -> common.LabelSpec:
+  """The classes the segment run that wrote `checkpoint` (<run>/segment/...) trained on: its
+  dataset's, read from its prepared tree where the layout keeps them there (the folder layout's
+  classes.json)."""
+  entry = config.data.target
+  reader = datasets.READERS[entry.name]
+  if hasattr(reader, 'label_spec'):  # fixed by the dataset: no tree needed
+    return reader.label_spec
+  workdir = os.path.dirname(os.path.dirname(os.path.abspath(checkpoint)))
+  return reader.label_spec_at(sources.roots(entry, workdir, 'target')[1])
+
+
 class Predictor:
   """predict(image [H, W, 3] uint8) -> dict(classes [H, W] train ids, disparity [H, W] or None).
 
@@ -67,7 +81,7 @@ class Predictor:
     config = run_config(checkpoint)
     kind = config.segment.network
     self.resolution = tuple(config.data.target.resolution)
-    self.label_spec = datasets.READERS[config.data.target.name].label_spec
+    self.label_spec = run_label_spec(config, checkpoint)
     network = networks.build(kind, config.model)
     variables = layouts.read_variables(checkpoint, 'name W/segment/best or W/segment/ckpt of a '
                                        'finished segment run')

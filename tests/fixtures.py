@@ -108,6 +108,47 @@ def write_camvid(root, size=(48, 36)):
   return root
 
 
+FOLDER_CLASSES = [dict(name='road', colour=[128, 64, 128]), dict(name='car', colour=[0, 0, 142]),
+                  dict(name='sky', colour=[70, 130, 180]),
+                  dict(name='person', colour=[220, 20, 60]),
+                  dict(name='tree', colour=[107, 142, 35])]
+# raw id in the label PNGs -> class id of a folder tree written with an id_map (0: ignored).
+FOLDER_ID_MAP = {7: 0, 26: 1, 23: 2, 24: 3, 21: 4, 0: 255}
+
+
+def _write_json(path, value):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(value, f)
+
+
+def write_folder(root, size=(48, 24), frames=5, id_map=False):
+  """A 5-class folder-layout tree: clips c0, c1 (train) and v0 (val) of `frames` frames, the
+  middle frame labelled under images/<split>/<clip>/<frame>.png, and one unlabeled image outside
+  any clip per split. Cameras: c0 in pixels, c1 normalised, v0 from the default (hfov 90).
+  Labels: class ids 0..4 and 255, or with `id_map` the raw ids of FOLDER_ID_MAP."""
+  classes = dict(classes=FOLDER_CLASSES)
+  if id_map:
+    classes['id_map'] = {str(raw): c for raw, c in FOLDER_ID_MAP.items()}
+  _write_json(f'{root}/classes.json', classes)
+  width, height = size
+  _write_json(f'{root}/intrinsics.json', dict(
+      default=dict(hfov_deg=90),
+      clips=dict(c0=dict(fx=0.5 * width, fy=width, cx=0.4 * width, cy=0.6 * height, units='pixels',
+                         size=[width, height]),
+                 c1=dict(fx=0.7, fy=1.4, cx=0.5, cy=0.5, units='normalized'))))
+  ids = tuple(FOLDER_ID_MAP) + (255,) if id_map else (0, 1, 2, 3, 4, 255)
+  annotated = frames // 2
+  for split, clips in (('train', ('c0', 'c1')), ('val', ('v0',))):
+    for clip in clips:
+      for frame in range(frames):
+        _save(f'{root}/sequences/{clip}/{frame:06d}.png', coded_image(size, frame))
+      _save(f'{root}/images/{split}/{clip}/{annotated:06d}.png', coded_image(size, annotated))
+      _save(f'{root}/labels/{split}/{clip}/{annotated:06d}.png', label_ids(size, ids), 'L')
+    _save(f'{root}/images/{split}/extra_{split}.jpg', coded_image(size, 9))
+  return root
+
+
 class ArrayState:
   """The least a checkpointing.Checkpointer saves and restores: a dict of arrays with
   to_dict/from_dict, as a TrainState has."""

@@ -16,7 +16,8 @@ from data_pipelines import statistics
 
 SIZE = (96, 48)
 SEQUENCES, FRAMES = 5, 3
-LAYOUTS = {'cityscapes': 'city', 'gta5': 'game', 'synthia': 'game', 'camvid': 'city'}
+LAYOUTS = {'cityscapes': 'city', 'gta5': 'game', 'synthia': 'game', 'camvid': 'city',
+           'folder': 'city'}
 
 
 @pytest.fixture(scope='module', params=sorted(LAYOUTS))

@@ -53,6 +53,12 @@ def game_synthia(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
+def city_folder(tmp_path_factory):
+  return _render(tmp_path_factory, 'city_folder', domain='city', layout='folder', size=(96, 48),
+                 sequences=5, frames=3, seed=0)
+
+
+@pytest.fixture(scope='module')
 def camvid_worlds(tmp_path_factory):
   """Many small snippets of both domains (the CamVid layout renders only annotated frames)."""
   return {domain: _render(tmp_path_factory, f'{domain}_camvid', domain=domain, layout='camvid',
@@ -368,6 +374,46 @@ def test_camvid_layout(camvid_worlds):
   assert all(len(s['frames']) == 1 and s['frames'][0]['frame'] == 1 for s in _snippets(root))
 
 
+def test_folder_layout(city_folder):
+  root, summary = city_folder
+  w, h = 96, 48
+  assert summary['splits'] == {'train': 4, 'val': 1}
+  classes = json.loads((root / 'classes.json').read_text())
+  assert [c['name'] for c in classes['classes']][:3] == ['road', 'sidewalk', 'building']
+  assert len(classes['classes']) == 19 and classes['ignore_id'] == 255
+  assert classes['classes'][13] == {'name': 'car', 'colour': [0, 0, 142]}
+  cameras = json.loads((root / 'intrinsics.json').read_text())
+  assert cameras['default'] == {'hfov_deg': 60.0}
+  # One form per clip: pixels, normalized, hfov, (default), pixels.
+  assert sorted(cameras['clips']) == ['street000', 'street001', 'street002', 'street004']
+  assert cameras['clips']['street000']['units'] == 'pixels'
+  assert cameras['clips']['street000']['size'] == [w, h]
+  assert cameras['clips']['street001']['units'] == 'normalized'
+  assert cameras['clips']['street002'] == {'hfov_deg': 68.0}
+  for snippet in _snippets(root):
+    clip, split = f'street{snippet["snippet"]:03d}', snippet['split']
+    focal = 0.5 * w / np.tan(np.radians((56.0, 62.0, 68.0, 60.0)[snippet['snippet'] % 4]) / 2)
+    np.testing.assert_allclose(snippet['intrinsics'], [[focal, 0, w / 2], [0, focal, h / 2],
+                                                       [0, 0, 1]])
+    assert sorted(p.name for p in (root / 'sequences' / clip).iterdir()) == [
+        '000000.png', '000001.png', '000002.png']
+    image = f'images/{split}/{clip}/000001.png'
+    np.testing.assert_array_equal(_image(root, image), _image(root, f'sequences/{clip}/000001.png'))
+    with Image.open(root / f'labels/{split}/{clip}/000001.png') as label:
+      assert label.mode == 'L' and label.size == (w, h)
+      np.testing.assert_array_equal(
+          np.asarray(label), labels.CLASS_ID_FROM_CITYSCAPES[_gt(root, image, 'labelIds')])
+    with Image.open(root / f'depth/{split}/{clip}/000001.png') as depth:
+      depth = np.asarray(depth).astype(np.float64) / 256
+    truth = _gt(root, image, 'depth')
+    unknown = (truth >= FAR) | (truth * 256 > 65535)  # the sky; beyond what 16 bits hold
+    assert unknown.any() and (depth[unknown] == 0).all()
+    assert np.abs(depth[~unknown] - truth[~unknown]).max() <= 1 / 512 + 1e-6
+  assert {p.name for p in root.iterdir()} == {
+      'classes.json', 'intrinsics.json', 'images', 'labels', 'sequences', 'depth', GT,
+      'sdeseg_synthetic.json'}
+
+
 def test_long_tail_class_frequencies(tmp_path):
   root = tmp_path / 'tail'
   render_world(root, domain='city', layout='cityscapes', size=(64, 32), sequences=40, frames=1,
@@ -433,7 +479,8 @@ def test_half_written_world_is_detected(tmp_path):
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(domain='town'), r'unknown domain .town.; allowed: city, game'),
-    (dict(layout='kitti'), r'unknown layout .kitti.; allowed: cityscapes, gta5, synthia, camvid'),
+    (dict(layout='kitti'),
+     r'unknown layout .kitti.; allowed: cityscapes, gta5, synthia, camvid, folder'),
     (dict(size=(0, 10)), r'size must be'),
     (dict(frames=0), r'frames must be an integer >= 1'),
     (dict(val_fraction=1.0), r'val_fraction'),

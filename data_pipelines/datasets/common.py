@@ -120,6 +120,20 @@ class LabelSpec:
     valid = self.valid_table()
     return [int(i) for i in np.unique(raw) if i > 255 or not valid[i]]
 
+  def to_json(self) -> dict:
+    """A JSON-able dict that `from_json` turns back into this spec."""
+    return dict(class_names=list(self.class_names),
+                id_to_train=[[int(r), int(t)] for r, t in sorted(self.id_to_train.items())],
+                valid_ids=sorted(int(i) for i in self.valid_ids),
+                colours=[list(c) for c in self.colours])
+
+  @classmethod
+  def from_json(cls, data: dict) -> 'LabelSpec':
+    return cls(class_names=tuple(data['class_names']),
+               id_to_train={int(r): int(t) for r, t in data['id_to_train']},
+               valid_ids=frozenset(int(i) for i in data['valid_ids']),
+               colours=tuple(tuple(int(v) for v in c) for c in data['colours']))
+
 
 @dataclasses.dataclass(frozen=True)
 class ExampleIndex:
@@ -205,8 +219,10 @@ def require_dir(path: str, what: str) -> str:
 
 
 def find_images(pattern: str) -> list[str]:
-  """Sorted files matching a glob pattern ending in '.*', restricted to image extensions."""
-  return sorted(p for p in glob.glob(pattern) if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS)
+  """Sorted files matching a glob pattern ending in '.*' ('**' matches any depth of folders),
+  restricted to image extensions."""
+  return sorted(p for p in glob.glob(pattern, recursive=True)
+                if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS)
 
 
 def with_image_extension(path_without_ext: str) -> str:
@@ -308,8 +324,11 @@ def kind_root(root: str, sequence_root: str, kind: str) -> str:
 class Reader(abc.ABC):
   """Parses one dataset's on-disk layout (raw or prepared) into example indices.
 
-  Subclasses set `name`, `label_spec`, `prepare_patterns` ((kind, glob relative to the root) for
-  every file `data_pipelines.prepare` converts; kind is 'image', 'label' or 'camera') and implement
+  Subclasses set `name`, `label_spec` (a class attribute, or an instance attribute for layouts
+  whose classes are in the tree, which then override `label_spec_at`), `prepare_patterns` ((kind,
+  glob relative to the root, '**' for any depth) for every file `data_pipelines.prepare` converts;
+  kind is 'image', 'label', 'camera' (a Cityscapes camera JSON), 'intrinsics' (the reader's
+  `prepared_intrinsics()`) or 'copy' (copied as it is)) and implement
   `_segmentation`; those with video implement `_sequences` and list `sequence_splits`. Callers
   list a split with `segmentation` / `sequences`, the one way in, which checks the listing against
   the data stage's record where the reader has one (`record`, set by data_pipelines.sources).
@@ -370,3 +389,15 @@ class Reader(abc.ABC):
   def decode_raw_label(self, path: str) -> np.ndarray:
     """[H, W] uint8 raw ids of a label file as the dataset ships it."""
     return decode_label_png(path)
+
+  @classmethod
+  def label_spec_at(cls, root: str) -> LabelSpec:
+    """The classes of the dataset whose tree is at `root` (prepared or raw), without listing it:
+    for most layouts fixed by the dataset, for some described in the tree."""
+    del root  # the class's own table
+    return cls.label_spec
+
+  def check_layout(self) -> None:
+    """Raises a DataError naming the first bad file of the layout (the data stage and prepare
+    call it before using the tree). Layouts whose listing of a split already checks what it reads
+    check nothing more here; a missing split is not an error (it is recorded as absent)."""

@@ -1,8 +1,9 @@
 """Procedural synthetic street world that stands in for the real datasets.
 
 `render_world` ray-casts deterministic 3D street scenes and writes them in the real on-disk layouts
-of Cityscapes, GTA5 (+ VIPER-style sequences), SYNTHIA and CamVid, with metric depth, poses,
-intrinsics and moving-object masks beside them. See docs/synthetic_world.md.
+of Cityscapes, GTA5 (+ VIPER-style sequences), SYNTHIA and CamVid, or in the generic folder
+layout (docs/folder_dataset.md), with metric depth, poses, intrinsics and moving-object masks
+beside them. See docs/synthetic_world.md.
 """
 
 from data_pipelines.synthetic.groundtruth import GroundTruth, load_groundtruth

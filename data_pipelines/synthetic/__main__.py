@@ -1,4 +1,5 @@
-"""Renders a procedural street world in a real dataset's layout; prints the summary as JSON.
+"""Renders a procedural street world in a real dataset's layout (or the generic folder layout);
+prints the summary as JSON.
 
     python -m data_pipelines.synthetic --out DIR --domain city --layout cityscapes \\
         --size 256x128 --sequences 8 --frames 5 --seed 0

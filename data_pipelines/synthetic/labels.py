@@ -2,7 +2,8 @@
 
 The renderer labels every pixel with a Cityscapes labelId (0..33); the layout writers convert those
 ids into the raw convention of the dataset a layout imitates (Cityscapes labelIds, GTA5 palette
-indices, VIPER colours, SYNTHIA class ids, CamVid 11-class ids) through the lookup tables below.
+indices, VIPER colours, SYNTHIA class ids, CamVid 11-class ids, the folder layout's class ids)
+through the lookup tables below.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ _CAMVID_FROM_CITYSCAPES = {
 }
 CAMVID_IDS = frozenset(range(12))
 
+# The 19 Cityscapes evaluation classes (labelIds in trainId order): the classes of the folder
+# layout's classes.json, whose label maps hold their index (255 for everything else).
+TRAIN_CLASS_IDS = (ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN,
+                   VEGETATION, TERRAIN, SKY, PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE,
+                   BICYCLE)
+IGNORE_ID = 255
+
 # labelIds that the world can produce (used by tests to check written label sets).
 WORLD_CLASS_IDS = frozenset(CLASS_NAMES)
 
@@ -82,6 +90,8 @@ def _lookup(mapping: dict[int, int], default: int, dtype) -> np.ndarray:
 
 SYNTHIA_FROM_CITYSCAPES = _lookup(_SYNTHIA_FROM_CITYSCAPES, 0, np.uint16)
 CAMVID_FROM_CITYSCAPES = _lookup(_CAMVID_FROM_CITYSCAPES, CAMVID_UNLABELLED, np.uint8)
+CLASS_ID_FROM_CITYSCAPES = _lookup({raw: i for i, raw in enumerate(TRAIN_CLASS_IDS)}, IGNORE_ID,
+                                   np.uint8)
 
 
 def cityscapes_colors() -> np.ndarray:
@@ -89,6 +99,13 @@ def cityscapes_colors() -> np.ndarray:
   colors = np.zeros((256, 3), np.uint8)
   colors[: len(_CITYSCAPES_COLORS_BY_ID)] = np.asarray(_CITYSCAPES_COLORS_BY_ID, np.uint8)
   return colors
+
+
+def folder_classes() -> list[dict]:
+  """The "classes" of the folder layout's classes.json: name and Cityscapes colour, index = id."""
+  colours = cityscapes_colors()
+  return [{'name': CLASS_NAMES[raw], 'colour': [int(c) for c in colours[raw]]}
+          for raw in TRAIN_CLASS_IDS]
 
 
 def cityscapes_palette() -> list[int]:

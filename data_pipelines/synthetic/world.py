@@ -42,7 +42,8 @@ def render_world(out_dir, *, domain: str, layout: str, size=(256, 128), sequence
   Args:
     out_dir: dataset root to write (created if missing).
     domain: 'city' (plays Cityscapes) or 'game' (plays GTA5 / SYNTHIA).
-    layout: 'cityscapes' | 'gta5' | 'synthia' | 'camvid': on-disk layout and label convention.
+    layout: 'cityscapes' | 'gta5' | 'synthia' | 'camvid' | 'folder': on-disk layout and label
+      convention.
     size: (W, H) of the written images.
     sequences: number of snippets (independent street scenes).
     frames: frames per snippet; frame `frames // 2` is the annotated one.
@@ -84,6 +85,7 @@ def render_world(out_dir, *, domain: str, layout: str, size=(256, 128), sequence
 
   start = time.perf_counter()
   plans = layouts.plan_layout(layout, sequences, frames, val_fraction)
+  layouts.write_layout_files(root, layout, plans, *params['size'])
   jobs = [(str(root), params, plan) for plan in plans]
   if num_workers > 0:
     # spawn, not fork: the caller may run JAX / TF threads, which a forked child would inherit.
@@ -153,7 +155,7 @@ def _render_snippet(job) -> dict:
   root = Path(root)
   width, height = params['size']
   frames = params['frames']
-  K = layouts.layout_intrinsics(params['layout'], width, height)
+  K = layouts.layout_intrinsics(params['layout'], width, height, plan.index)
   scene = build_scene(_snippet_seed(params, plan.index), params['domain'], frames,
                       SceneParams(**params['scene_params']))
   camera = scene.camera

@@ -1,6 +1,7 @@
-"""The `data` stage: materialise each configured dataset (render / prepare), validate its layout and
-write a summary: examples per split (their ids and image paths: the record every later stage checks
-the splits it reads against, data_pipelines.records), class pixel frequencies, camera intrinsics.
+"""The `data` stage: materialise each configured dataset (render / prepare), validate its layout
+(`Reader.check_layout`, and the label ids of the label maps it scans) and write a summary: examples
+per split (their ids and image paths: the record every later stage checks the splits it reads
+against, data_pipelines.records), class pixel frequencies, camera intrinsics.
 
 Output: <workdir>/data/summary.json and the same as a readable table on stdout.
 """
@@ -92,6 +93,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
                         workers=config.data.workers)
     # Read as found, not against the last record: this stage writes the record anew.
     reader = sources.open_dataset(entry, workdir, role, check_record=False)
+    # A bad file is an error here, not a split recorded as absent (the folder layout's cameras,
+    # video frames, pairs.json: data_pipelines.datasets.folder).
+    reader.check_layout()
     summaries[role] = summarise(entry, reader, config.data.summary_max_labels, config.data.workers)
     print(format_summary(role, summaries[role]), flush=True)
   if not summaries:
