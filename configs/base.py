@@ -90,6 +90,9 @@ def sde_config() -> ml_collections.ConfigDict:
           pose=dict(pattern='^pose/', lr=1e-5))),
       feature_distance=1e-2,     # x L2 distance of layer4 features to the ImageNet encoder's (C)
       min_depth=0.1, max_depth=100.0, smoothness=1e-3,
+      # The fraction of the training triplets it trains on: a random subset drawn from config.seed
+      # (at least one triplet; the paper's Table 9 rows 1.0 / 0.1 / 0.01 / 0.001).
+      frame_fraction=1.0,
       # Initialisation, each an Orbax checkpoint folder ('' = random init):
       init=dict(
           encoder='',            # ImageNet ResNet (sdeseg_jax.weights.convert --from torchvision)
