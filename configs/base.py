@@ -203,6 +203,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.source_sde = sde_config()
   config.depth_labels = ml_collections.ConfigDict(dict(
       roles=('target',),        # whose segmentation images get depth labels (SSDA: + 'source')
+      # Where the target's labels come from (the source domain's always from its SDE):
+      # sde (the SDE's inference) | groundtruth (the dataset's metric depth in the raw tree: the
+      # synthetic world's, Cityscapes' stereo) | file (depth_dir). Metric depth is converted into
+      # the SDE's disparity with config.sde's min/max depth (sdeseg_jax/stages/depth_labels.py).
+      source='sde',
+      sde_checkpoint='',        # source=sde: the SDE ('' -> <workdir>/sde/ckpt; another run's
+                                # sde/ckpt, e.g. an SDE of another dataset)
+      depth_dir='',             # source=file: <example id>.npy (float metres) or .png (16-bit,
+                                # metres = value / 256); 0 = unknown
       batch_size=8))
 
   config.select = select_config()
