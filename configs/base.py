@@ -218,6 +218,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.segment = segment_config()
   config.evaluate = ml_collections.ConfigDict(dict(
       weights='best',            # best (by val mIoU during training) | latest
+      split='val',               # the segmentation split evaluated (CamVid: test)
       class_subsets=(),          # extra protocols: '16', '13' (SYNTHIA -> Cityscapes)
       export_splits=(),          # e.g. ('val', 'test'): label-id PNGs in the official format
   ))
