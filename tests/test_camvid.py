@@ -133,3 +133,23 @@ def test_tiny_camvid_run_evaluates_11_classes_on_the_test_split(tmp_path):
   with pytest.raises(ConfigError, match="config.evaluate.split='holdout': the dataset camvid has "
                                         'the segmentation splits train, val, test'):
     evaluate.run(config, workdir)
+
+
+def test_another_datasets_sde_is_read_by_every_stage_that_needs_one(tmp_path):
+  """sde=PATH (a Cityscapes run's SDE): the depth labels, the selection features and the
+  transfer initialisation read PATH, not this workdir's sde/ckpt, so no sde_pretrain stage is
+  needed; a missing PATH is named by the first stage that reads it."""
+  workdir = str(tmp_path / 'run')
+  sde = tmp_path / 'city' / 'sde' / 'ckpt'
+  config = ssl_camvid.get_config(f'method=ours,labels=50,sde={sde}')
+  names = stages.parse_stages(config.stages)
+  with pytest.raises(ConfigError, match=f'the depth labels of target reads {sde}, which does not '
+                                        'exist: run the sde_pretrain stage first or set '
+                                        'config.depth_labels.sde_checkpoint'):
+    stages.check_inputs('depth_labels', config, workdir, names[:1])
+  for name in ('select_labels', 'segment'):
+    with pytest.raises(ConfigError, match=f'reads {sde}, which does not exist'):
+      stages.check_inputs(name, config, workdir, names[:names.index(name)])
+  os.makedirs(sde)
+  for i, name in enumerate(names):
+    stages.check_inputs(name, config, workdir, names[:i])
