@@ -24,7 +24,8 @@ random 512x512 crops, 20k iterations with the learning rates x0.1 at 15k, transf
 training evaluated on the test split. The other settings are Cityscapes' (configs/base.py).
 Stages: data, segment, evaluate; + depth_labels for the methods that mix by depth, + select_labels
 for `ours` (DS+US from one random image up to 25, then a depth student per step up to 50 and 100
-images, lambda_E = 1000: the first `labels` selected images are labeled). The baseline starts from
+images, lambda_E = 1000, stopping at the first size >= labels: the first `labels` selected images
+are labeled). The baseline starts from
 ImageNet: --config.segment.imagenet_encoder (python -m sdeseg_jax.weights.convert).
 """
 
@@ -80,11 +81,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   seg.optim.schedule.boundaries = (15_000,)
   config.evaluate.split = 'test'
   if method == 'ours':
-    if not 0 < seg.labels <= SELECTION_SIZES[-1]:
-      raise ValueError(f'{where}: method=ours labels the first of {SELECTION_SIZES[-1]} selected '
-                       f'images; labels={seg.labels} is not in 1..{SELECTION_SIZES[-1]}')
     config.select.update(method='ds_us', initial='diversity', sizes=SELECTION_SIZES,
                          student_steps=STUDENT_STEPS, lambda_e=1000.0)
+    ssl_cityscapes.select_up_to(config.select, seg.labels, where)
     seg.selection = 'select_labels'
   config.experiment = f'ssl_camvid_{method}_{seg.labels}_seed{config.seed}'
   return config

@@ -73,6 +73,19 @@ def method_of(values: dict[str, str], methods: dict, default: str, where: str) -
   return method
 
 
+def select_up_to(select: ml_collections.ConfigDict, labels: int, where: str) -> None:
+  """The selection schedule (config.select) cut after its first size >= labels: the labeled
+  images are the first `labels` selected, and the selection is greedy, so the later steps (and
+  their depth students) would not change them."""
+  sizes = tuple(select.sizes)
+  if not 0 < labels <= sizes[-1]:
+    raise ValueError(f'{where}: method=ours labels the first of {sizes[-1]} selected images; '
+                     f'labels={labels} is not in 1..{sizes[-1]}')
+  keep = next(i for i, size in enumerate(sizes) if size >= labels) + 1
+  select.sizes = sizes[:keep]
+  select.student_steps = tuple(select.student_steps)[:keep - 1]
+
+
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   where = 'configs/ssl_cityscapes.py'
   values = parse_variant(arg, ('labels', 'method', 'seed', 'selection', 'depth'))
@@ -86,10 +99,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if method == 'ours' and not config.segment.selection:
     config.stages = 'data,sde_pretrain,depth_labels,select_labels,segment,evaluate'
     config.segment.selection = 'select_labels'
-    if not 0 < config.segment.labels <= config.select.sizes[-1]:
-      raise ValueError(f'{where}: method=ours labels the first of {config.select.sizes[-1]} '
-                       f'selected images; labels={config.segment.labels} is not in '
-                       f'1..{config.select.sizes[-1]}')
+    select_up_to(config.select, config.segment.labels, where)
   depth = values.get('depth', '')
   if depth:
     if depth not in DEPTHS:

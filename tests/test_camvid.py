@@ -29,7 +29,9 @@ def test_camvid_config_is_table_11s_setup():
   assert seg.num_steps == 20_000 and tuple(seg.optim.schedule.boundaries) == (15_000,)
   assert config.evaluate.split == 'test' and config.seed == 2
   assert config.stages == 'data,depth_labels,select_labels,segment,evaluate'
-  assert seg.selection == 'select_labels' and tuple(config.select.sizes) == (25, 50, 100)
+  assert seg.selection == 'select_labels' and tuple(config.select.sizes) == (25, 50)
+  assert tuple(config.select.student_steps) == (4000,)
+  assert tuple(ssl_camvid.get_config('method=ours,labels=100').select.sizes) == (25, 50, 100)
   # One SDE (another dataset's) for the transfer, the depth labels and the selection features.
   assert {seg.sde_checkpoint, config.depth_labels.sde_checkpoint,
           config.select.sde_checkpoint} == {'/runs/city/sde/ckpt'}
@@ -55,6 +57,13 @@ def test_table9_variants():
   assert stereo.depth_labels.source == 'groundtruth' and stereo.sde.frame_fraction == 1.0
   assert stereo.stages == 'data,sde_pretrain,depth_labels,select_labels,segment,evaluate'
   assert stereo.segment.selection == 'select_labels' and stereo.segment.network == 'mtl'
+  # The selection stops at 100 images (the later steps would not change the first 100).
+  assert tuple(stereo.select.sizes) == (25, 50, 100)
+  assert tuple(stereo.select.student_steps) == (4000, 8000)
+  assert tuple(ssl_cityscapes.get_config('method=ours,labels=744').select.sizes) == (
+      25, 50, 100, 200, 372, 744)
+  with pytest.raises(ValueError, match='labels=2975 is not in 1..744'):
+    ssl_cityscapes.get_config('method=ours,labels=2975')
   for depth, fraction in (('sde100', 1.0), ('sde10', 0.1), ('sde1', 0.01), ('sde0.1', 0.001)):
     config = ssl_cityscapes.get_config(f'labels=100,method=ours,depth={depth}')
     assert config.depth_labels.source == 'sde' and config.sde.frame_fraction == fraction
