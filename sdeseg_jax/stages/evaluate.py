@@ -81,7 +81,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   mesh = sharding.make_mesh()
   sharding.check_global_batch(config.segment.eval_batch_size, mesh)
   reader = sources.open_dataset(entry, workdir, 'target')
-  split = check_split(config, reader)
+  evaluated = check_split(config, reader)
   base.check_num_classes(config.model.num_classes, reader.label_spec, model_key='model',
                          dataset=f'config.data.target ({reader.root})')
   network = networks.build(config.segment.network, config.model)
@@ -90,7 +90,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
       layouts.read_variables(weights, 'run the segment stage first'), mesh)
   predict = sharding.jit_eval_step(
       evaluation.predict_logits(network, config.segment.network), mesh)
-  matrix = evaluation.confusion(predict, variables, reader.segmentation(split), reader,
+  matrix = evaluation.confusion(predict, variables, reader.segmentation(evaluated), reader,
                              resolution=tuple(entry.resolution), mesh=mesh,
                              batch_size=config.segment.eval_batch_size,
                              strict_labels=config.data.strict_labels)
@@ -98,7 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   report['subsets'] = evaluation.subset_mious(matrix, config.evaluate.class_subsets)
   report['confusion'] = np.asarray(matrix).tolist()
   report['weights'] = config.evaluate.weights
-  report['split'] = split
+  report['split'] = evaluated
   for split in config.evaluate.export_splits:
     out_dir = artifacts.predictions_dir(workdir, split)
     count = export_predictions(predict, variables, reader.segmentation(split), reader,
