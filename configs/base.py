@@ -91,6 +91,9 @@ def sde_config() -> ml_collections.ConfigDict:
           pose=dict(pattern='^pose/', lr=1e-5))),
       feature_distance=1e-2,     # x L2 distance of layer4 features to the ImageNet encoder's (C)
       min_depth=0.1, max_depth=100.0, smoothness=1e-3,
+      # The fraction of the training triplets it trains on: a random subset drawn from config.seed
+      # (at least one triplet; the paper's Table 9 rows 1.0 / 0.1 / 0.01 / 0.001).
+      frame_fraction=1.0,
       # Initialisation, each an Orbax checkpoint folder ('' = random init):
       init=dict(
           encoder='',            # ImageNet ResNet (sdeseg_jax.weights.convert --from torchvision)
@@ -201,12 +204,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.source_sde = sde_config()
   config.depth_labels = ml_collections.ConfigDict(dict(
       roles=('target',),        # whose segmentation images get depth labels (SSDA: + 'source')
+      # Where the target's labels come from (the source domain's always from its SDE):
+      # sde (the SDE's inference) | groundtruth (the dataset's metric depth in the raw tree: the
+      # synthetic world's, Cityscapes' stereo) | file (depth_dir). Metric depth is converted into
+      # the SDE's disparity with config.sde's min/max depth (sdeseg_jax/stages/depth_labels.py).
+      source='sde',
+      sde_checkpoint='',        # source=sde: the SDE ('' -> <workdir>/sde/ckpt; another run's
+                                # sde/ckpt, e.g. an SDE of another dataset)
+      depth_dir='',             # source=file: <example id>.npy (float metres) or .png (16-bit,
+                                # metres = value / 256); 0 = unknown
       batch_size=8))
 
   config.select = select_config()
   config.segment = segment_config()
   config.evaluate = ml_collections.ConfigDict(dict(
       weights='best',            # best (by val mIoU during training) | latest
+      split='val',               # the segmentation split evaluated (CamVid: test)
       class_subsets=(),          # extra protocols: '16', '13' (SYNTHIA -> Cityscapes)
       export_splits=(),          # e.g. ('val', 'test'): label-id PNGs in the official format
   ))

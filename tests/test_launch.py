@@ -138,6 +138,43 @@ def test_sweep_dry_run_lists_table10():
                                         'labels-372_method-baseline_seed-1')
 
 
+def _dry_run_variants(config: str, root: str = '/sweeps') -> tuple[str, list[dict]]:
+  """(first line, the variant of each run) of sweep.py --dry_run for `config`."""
+  result = _python('sweep.py', f'--config={config}', '--dry_run', f'--workdir_root={root}')
+  assert result.returncode == 0, result.stderr
+  header, *lines = result.stdout.splitlines()
+  variants = []
+  for line in lines:
+    words = shlex.split(line.split(': ', 1)[1])
+    assert words[:3] == ['python', '-m', 'sdeseg_jax.main']
+    variants.append(dict(item.split('=') for item in words[3].split(':', 1)[1].split(',')))
+  return header, variants
+
+
+def test_sweep_dry_run_lists_table9():
+  """Table 9: the full method with 100 labels, once per depth (stereo, SDE on 100/10/1/0.1% of
+  the frames), 3 seeds each."""
+  header, variants = _dry_run_variants('configs/ssl_cityscapes.py:table9')
+  assert header == '15 runs of configs/ssl_cityscapes.py:table9 in /sweeps/ssl_cityscapes_table9'
+  rows = {(v['labels'], v['method'], v['depth'], v['seed']) for v in variants}
+  assert rows == set(itertools.product(('100',), ('ours',),
+                                       ('stereo', 'sde100', 'sde10', 'sde1', 'sde0.1'),
+                                       ('0', '1', '2')))
+
+
+def test_sweep_dry_run_lists_table11():
+  """Table 11 (CamVid): baseline and ours without selection at 50 / 100 / 367 labels, ClassMix and
+  ours at 50 / 100, 3 seeds each."""
+  header, variants = _dry_run_variants('configs/ssl_camvid.py:table11')
+  assert header == '30 runs of configs/ssl_camvid.py:table11 in /sweeps/ssl_camvid_table11'
+  rows = {(v['method'], int(v['labels']), int(v['seed'])) for v in variants}
+  paper = {'baseline': (50, 100, 367), 'classmix': (50, 100), 'ours_no_selection': (50, 100, 367),
+           'ours': (50, 100)}
+  assert len(rows) == len(variants) == 30
+  assert rows == {(m, n, seed) for m, counts in paper.items() for n in counts for seed in (0, 1, 2)}
+  assert _dry_run_variants('configs/ssl_camvid.py')[1] == variants  # the default sweep
+
+
 def test_sweep_slurm_and_tpu_files(tmp_path):
   root = str(tmp_path / 'sweeps')
   result = _python('sweep.py', '--config=configs/ssl_cityscapes.py:table3', '--mode=slurm',

@@ -155,3 +155,40 @@ def test_eight_device_step_equals_one_device_step():
   assert values['loss1'] == pytest.approx(values['loss8'], rel=1e-5)
   assert values['max_update'] > 1e-3  # the step really changed the parameters
   assert values['max_param_error'] < 1e-5
+
+
+class _SequenceReader:
+  """A reader of n sequence rows, every third one not a triplet (no frame t+1)."""
+
+  def __init__(self, n):
+    from data_pipelines.datasets.common import ExampleIndex
+    self.index = ExampleIndex.from_rows([
+        dict(id=f'f{i}', image=f'/f{i}.png', prev=f'/p{i}.png',
+             next='' if i % 3 == 2 else f'/n{i}.png') for i in range(n)])
+
+  def sequences(self, split):
+    assert split == 'train'
+    return self.index
+
+
+def test_frame_fraction_trains_on_a_seeded_subset_of_the_triplets():
+  reader = _SequenceReader(300)  # 200 triplets
+  config = _tiny(frame_fraction=1.0)
+  assert sde_pretrain.training_triplets(reader, config.sde, 0) is reader.index
+  config.sde.frame_fraction = 0.1
+  subset = sde_pretrain.training_triplets(reader, config.sde, 0)
+  assert len(subset) == 20 and subset.is_triplet.all()
+  again = sde_pretrain.training_triplets(reader, config.sde, 0)
+  assert subset.ids.tolist() == again.ids.tolist()  # a resumed run: the same frames
+  assert subset.ids.tolist() != sde_pretrain.training_triplets(reader, config.sde, 1).ids.tolist()
+  config.sde.frame_fraction = 0.001
+  assert len(sde_pretrain.training_triplets(reader, config.sde, 0)) == 1  # at least one
+  sde_pretrain.check_config(config)
+  from sdeseg_jax.errors import ConfigError
+  for bad in (0.0, 2.0, -1):
+    config.sde.frame_fraction = bad
+    with pytest.raises(ConfigError, match=r'config\.sde\.frame_fraction=.*0 < fraction <= 1'):
+      sde_pretrain.check_config(config)
+  config.source_sde.frame_fraction = 0.0
+  with pytest.raises(ConfigError, match=r'config\.source_sde\.frame_fraction=0\.0'):
+    sde_pretrain.check_source_config(config)

@@ -58,3 +58,21 @@ def test_with_neighbours_joins_by_id():
   assert joined.images.tolist() == images.images.tolist()  # the annotated images themselves
   with pytest.raises(DataError, match=r"have no frame triplet.*\['img3'\]"):
     subsets.with_neighbours(_index(4), sequences)
+
+
+def test_frame_fractions_are_sized_seeded_and_stable():
+  """The SDE's frame subsets (Table 9): round(fraction * n) rows, at least one, the same rows for
+  the same (n, fraction, seed) (a resumed run trains on the same frames), others for other seeds."""
+  assert [subsets.fraction_count(83_300, f) for f in (1.0, 0.1, 0.01, 0.001)] == [
+      83_300, 8330, 833, 83]
+  assert subsets.fraction_count(40, 0.001) == 1 and subsets.fraction_count(0, 0.5) == 0
+  np.testing.assert_array_equal(subsets.fraction_rows(7, 1.0, seed=3), np.arange(7))
+  a = subsets.fraction_rows(1000, 0.01, seed=0)
+  assert len(a) == 10 and len(set(a)) == 10 and np.all(np.diff(a) > 0) and a[-1] < 1000
+  np.testing.assert_array_equal(a, subsets.fraction_rows(1000, 0.01, seed=0))
+  assert not np.array_equal(a, subsets.fraction_rows(1000, 0.01, seed=1))
+  # Not the labeled subset of the same seed and size.
+  assert not np.array_equal(a, subsets.labeled_rows(_index(1000), 10, seed=0))
+  for bad in (0.0, -0.1, 1.5):
+    with pytest.raises(ValueError, match='0 < fraction <= 1'):
+      subsets.fraction_rows(10, bad, seed=0)

@@ -1,4 +1,5 @@
-"""What a stage is: the object each stage module exports for the runner (sdeseg_jax.stages)."""
+"""What a stage is: the object each stage module exports for the runner (sdeseg_jax.stages), and the
+checks stages share."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import dataclasses
 from typing import Callable, NamedTuple
 
 import ml_collections
+
+from data_pipelines import datasets
+from sdeseg_jax.errors import ConfigError
 
 
 class Input(NamedTuple):
@@ -36,3 +40,25 @@ class Stage:
   check_config: Callable[[ml_collections.ConfigDict], None] | None = None
   inputs: Callable[[ml_collections.ConfigDict, str], list[Input]] | None = None
   primary_only: bool = False
+
+
+def check_num_classes(num_classes: int, label_spec: datasets.LabelSpec, *, model_key: str,
+                      dataset: str) -> None:
+  """Fails when a network's class count (config.<model_key>.num_classes) is not the dataset's:
+  the classifier's shape, the labels and the confusion matrix would not agree."""
+  if num_classes != label_spec.num_classes:
+    raise ConfigError(
+        f'config.{model_key}.num_classes={num_classes}, but the dataset {dataset} has '
+        f'{label_spec.num_classes} classes: set --config.{model_key}.num_classes='
+        f'{label_spec.num_classes}')
+
+
+def check_num_classes_of(config: ml_collections.ConfigDict, role: str,
+                         model_key: str = 'model') -> None:
+  """check_num_classes before any stage runs, for datasets whose classes are fixed by their layout
+  (the known readers); a layout whose classes come with the data is checked when it is opened."""
+  name = config.data[role].name
+  spec = getattr(datasets.READERS.get(name), 'label_spec', None)
+  if isinstance(spec, datasets.LabelSpec):
+    check_num_classes(config[model_key].num_classes, spec, model_key=model_key,
+                      dataset=f'config.data.{role} ({name})')

@@ -1,4 +1,5 @@
-"""The `evaluate` stage: the segmentation student on the whole validation split.
+"""The `evaluate` stage: the segmentation student on the whole validation split (or the split
+config.evaluate.split names, e.g. CamVid's test split).
 
 Whole images at the working resolution, one confusion matrix over the split, mIoU = mean IoU over
 the classes with a non-empty union, per-class IoU; optionally the 16- and 13-class SYNTHIA protocols
@@ -40,6 +41,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise ConfigError(f'config.evaluate.class_subsets={subsets}: unknown {unknown} (known: '
                       f'{tuple(evaluation.CLASS_SUBSETS)})')
+  base.check_num_classes_of(config, 'target')
+
+
+def check_split(config: ml_collections.ConfigDict, reader) -> str:
+  """config.evaluate.split, a segmentation split of the target dataset."""
+  split = config.evaluate.split
+  if split not in reader.segmentation_splits:
+    raise ConfigError(f'config.evaluate.split={split!r}: the dataset {reader.name} has the '
+                      f'segmentation splits {", ".join(reader.segmentation_splits)}; set one')
+  return split
 
 
 def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:
@@ -70,13 +81,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   mesh = sharding.make_mesh()
   sharding.check_global_batch(config.segment.eval_batch_size, mesh)
   reader = sources.open_dataset(entry, workdir, 'target')
+  evaluated = check_split(config, reader)
+  base.check_num_classes(config.model.num_classes, reader.label_spec, model_key='model',
+                         dataset=f'config.data.target ({reader.root})')
   network = networks.build(config.segment.network, config.model)
   weights = artifacts.segment_weights(workdir, config.evaluate.weights)
   variables = sharding.replicate(
       layouts.read_variables(weights, 'run the segment stage first'), mesh)
   predict = sharding.jit_eval_step(
       evaluation.predict_logits(network, config.segment.network), mesh)
-  matrix = evaluation.confusion(predict, variables, reader.segmentation('val'), reader,
+  matrix = evaluation.confusion(predict, variables, reader.segmentation(evaluated), reader,
                              resolution=tuple(entry.resolution), mesh=mesh,
                              batch_size=config.segment.eval_batch_size,
                              strict_labels=config.data.strict_labels)
@@ -84,6 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   report['subsets'] = evaluation.subset_mious(matrix, config.evaluate.class_subsets)
   report['confusion'] = np.asarray(matrix).tolist()
   report['weights'] = config.evaluate.weights
+  report['split'] = evaluated
   for split in config.evaluate.export_splits:
     out_dir = artifacts.predictions_dir(workdir, split)
     count = export_predictions(predict, variables, reader.segmentation(split), reader,

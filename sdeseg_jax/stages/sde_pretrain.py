@@ -25,6 +25,7 @@ from data_pipelines import files
 from data_pipelines import pipeline
 from data_pipelines import sampling
 from data_pipelines import sources
+from data_pipelines import subsets
 from sdeseg_jax import ops
 from sdeseg_jax import artifacts
 from sdeseg_jax import evaluation
@@ -164,6 +165,20 @@ def disparity_images(predict, variables, images: jax.Array) -> dict:
   return {'input': images, 'disparity': jnp.repeat(normalised, 3, axis=-1)}
 
 
+def training_triplets(reader, sde: ml_collections.ConfigDict, seed: int):
+  """The training triplets the SDE learns from: all of them, or with sde.frame_fraction < 1 a
+  random subset of that fraction (at least one), drawn from `seed` alone, so a resumed run (and
+  every process) trains on the same frames (the paper's Table 9 rows 10% / 1% / 0.1%)."""
+  index = reader.sequences('train')
+  if sde.frame_fraction == 1:
+    return index  # the pipeline samples its triplets
+  index = index.subset(np.flatnonzero(index.is_triplet))
+  rows = subsets.fraction_rows(len(index), float(sde.frame_fraction), seed=seed)
+  logging.info('SDE: %d of %d training triplets (frame_fraction %g, seed %d)', len(rows),
+               len(index), sde.frame_fraction, seed)
+  return index.subset(rows)
+
+
 def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
               model: ml_collections.ConfigDict, sde: ml_collections.ConfigDict,
               directory: str) -> dict:
@@ -199,7 +214,8 @@ def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
   elif not resumed:
     writer.write_scalars(0, {f'eval/{k}': v for k, v in evaluate(state, 0).items()})
   batches = pipeline.sde_batches(
-      reader.sequences('train'), resolution=resolution, crop=crop, seed=config.seed,
+      training_triplets(reader, sde, config.seed), resolution=resolution, crop=crop,
+      seed=config.seed,
       sharding=pipeline.Sharding(sde.batch_size, jax.process_index(), jax.process_count()),
       flip_prob=config.data.flip_prob, color=sampling.ColorJitter(**config.data.color_jitter),
       start_step=start)
@@ -225,6 +241,7 @@ def train_sde(config: ml_collections.ConfigDict, workdir: str, *, role: str,
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   """The target-domain SDE (config.model, config.sde) -> <workdir>/sde."""
+  check_config(config)
   train_sde(config, workdir, role='target', model=config.model, sde=config.sde,
             directory=artifacts.sde_dir(workdir, 'target'))
 
@@ -246,8 +263,23 @@ def source_inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.
   return _init_inputs(config.source_sde, 'source_sde')
 
 
+def check_sde(sde: ml_collections.ConfigDict, key: str) -> None:
+  """Fails on SDE training values that cannot work, naming config.<key>.<name>."""
+  fraction = sde.frame_fraction
+  if not 0 < fraction <= 1:
+    raise ConfigError(f'config.{key}.frame_fraction={fraction!r}: set the fraction of the '
+                      'training triplets the SDE trains on, 0 < fraction <= 1 (1.0: all)')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The target SDE's values (stages.run_stages calls it before running any stage)."""
+  check_sde(config.sde, 'sde')
+
+
 def check_source_config(config: ml_collections.ConfigDict) -> None:
-  """Fails when the sde_source stage has no source dataset to train on (before any stage runs)."""
+  """Fails when the sde_source stage has no source dataset to train on or bad SDE values (before
+  any stage runs)."""
+  check_sde(config.source_sde, 'source_sde')
   if not config.data.source.name:
     raise ConfigError('the sde_source stage trains on config.data.source, which names no dataset '
                       '(set config.data.source.name, e.g. gta5)')
@@ -261,5 +293,5 @@ def run_source(config: ml_collections.ConfigDict, workdir: str) -> None:
             directory=artifacts.sde_dir(workdir, 'source'))
 
 
-STAGE = base.Stage('sde_pretrain', run, inputs=inputs)
+STAGE = base.Stage('sde_pretrain', run, check_config, inputs)
 SOURCE_STAGE = base.Stage('sde_source', run_source, check_source_config, source_inputs)

@@ -97,6 +97,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
           f'({cross.batch_size}) equal to config.segment.mix_batch_size')
     if cross.matching_geometry and cross.candidates < 1:
       raise ConfigError(f'config.segment.source.candidates={cross.candidates}: need at least 1')
+  base.check_num_classes_of(config, 'target')
+  if cross.enabled:
+    base.check_num_classes_of(config, 'source')
 
 
 def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:
@@ -480,6 +483,8 @@ def source_batches(config, workdir: str, depth_dir: str, **options):
   seed, flip_prob, strict_labels, start_step of segmentation_batches."""
   cross = config.segment.source
   reader = sources.open_dataset(config.data.source, workdir, 'source')
+  base.check_num_classes(config.model.num_classes, reader.label_spec, model_key='model',
+                         dataset=f'config.data.source ({reader.root})')
   index = reader.segmentation('train')
   rows = cross.batch_size * (cross.candidates if cross.matching_geometry else 1)
   logging.info('segment: %d source images (%s), %d per step', len(index), reader.root, rows)
@@ -503,6 +508,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
   for size in (seg.batch_size, seg.mix_batch_size, seg.eval_batch_size):
     sharding.check_global_batch(size, mesh)
   reader = sources.open_dataset(entry, workdir, 'target')
+  base.check_num_classes(config.model.num_classes, reader.label_spec, model_key='model',
+                         dataset=f'config.data.target ({reader.root})')
   network = networks.build(seg.network, config.model)
   labeled, mix = training_indices(config, reader, workdir)
   checkpointer = checkpointing.Checkpointer(os.path.join(directory, 'ckpt'),

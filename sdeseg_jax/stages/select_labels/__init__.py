@@ -62,6 +62,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if tuple(select.feature_pool) and any(int(p) < 1 for p in select.feature_pool):
     raise ConfigError(f'config.select.feature_pool={tuple(select.feature_pool)}: expected '
                       '(h, w) >= 1')
+  if schedule.student_kind(select) == 'segmentation':
+    base.check_num_classes_of(config, 'target', 'student_model')
 
 
 def inputs(config: ml_collections.ConfigDict, workdir: str) -> list[base.Input]:

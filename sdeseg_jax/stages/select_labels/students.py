@@ -19,6 +19,7 @@ from sdeseg_jax import evaluation
 from sdeseg_jax import ops
 from sdeseg_jax.models import networks
 from sdeseg_jax.ops import segmentation
+from sdeseg_jax.stages import base
 from sdeseg_jax.training import checkpointing
 from sdeseg_jax.training import loop
 from sdeseg_jax.training import optim
@@ -106,6 +107,9 @@ def train_student(config, kind: str, index: common.ExampleIndex, reader, *, step
   """Trains a student from scratch on `index` for selection step `step` (resuming from
   `directory`/ckpt); returns its {'params', 'batch_stats'}. teacher: the depth-label folder."""
   student = config.select.student
+  if kind != 'depth':
+    base.check_num_classes(config.student_model.num_classes, reader.label_spec,
+                           model_key='student_model', dataset=f'config.data.target ({reader.root})')
   network = student_network(config, kind)
   optim_config = ml_collections.ConfigDict(student.optim.to_dict())
   optim_config.schedule.total_steps = num_steps      # poly decay to 0 over this student's run
