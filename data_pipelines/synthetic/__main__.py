@@ -59,6 +59,8 @@ def _define_flags() -> None:
                        lower_bound=0)
   flags.DEFINE_multi_string('scene_param', [], 'NAME=VALUE: override a SceneParams field, e.g. '
                             'bus_probability=0.5 (repeatable)')
+  flags.DEFINE_integer('videos', 0, 'folder layout: the first N clips as videos/<clip>.mp4 '
+                       'instead of frames', lower_bound=0)
 
 
 def main(argv: list[str]) -> int:
@@ -69,7 +71,8 @@ def main(argv: list[str]) -> int:
     summary = render_world(
         f.out, domain=f.domain, layout=f.layout, size=_size(f.size), sequences=f.sequences,
         frames=f.frames, seed=f.seed, val_fraction=f.val_fraction, moving_objects=not f.static,
-        num_workers=f.num_workers, scene_params=dict(_scene_param(p) for p in f.scene_param))
+        num_workers=f.num_workers, scene_params=dict(_scene_param(p) for p in f.scene_param),
+        videos=f.videos)
   except (ValueError, FileExistsError) as error:
     print(f'error: {error}', file=sys.stderr)
     return 1

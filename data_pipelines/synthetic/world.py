@@ -22,6 +22,8 @@ MARKER = 'sdeseg_synthetic.json'
 PROGRESS = f'{layouts.GT_DIR}/params.json'
 # 2: the game domain's sun turns per scene (worlds of version 1 differ from it; city ones do not).
 FORMAT_VERSION = 2
+# Frame rate of the folder layout's clips written as videos (render_world's `videos`).
+VIDEO_FPS = 10
 
 _CONVENTIONS = {
     'world': 'right-handed, metres: x right of the road direction, y along the road, z up; '
@@ -36,7 +38,7 @@ _CONVENTIONS = {
 def render_world(out_dir, *, domain: str, layout: str, size=(256, 128), sequences: int = 8,
                  frames: int = 5, seed: int = 0, val_fraction: float = 0.2,
                  moving_objects: bool = True, num_workers: int = 0,
-                 scene_params: Mapping[str, object] | None = None) -> dict:
+                 scene_params: Mapping[str, object] | None = None, videos: int = 0) -> dict:
   """Renders `sequences` snippets of `frames` frames into `out_dir` in a real dataset's layout.
 
   Args:
@@ -55,6 +57,9 @@ def render_world(out_dir, *, domain: str, layout: str, size=(256, 128), sequence
       `if __name__ == '__main__':` guard.
     scene_params: overrides of SceneParams fields (content frequencies), e.g.
       {'bus_probability': 1.0}.
+    videos: folder layout: the first `videos` clips are written as videos/<clip>.mp4 (H.264,
+      VIDEO_FPS) instead of frames in sequences/<clip>/, as a user's camera would hand them over
+      (python -m data_pipelines.import_video turns one back into frames).
 
   Returns:
     A summary dict: paths, counts, splits, intrinsics, class pixel fractions of the annotated
@@ -66,7 +71,7 @@ def render_world(out_dir, *, domain: str, layout: str, size=(256, 128), sequence
     FileExistsError: out_dir holds a world (complete or half-written) with other parameters.
   """
   params = _validated_params(domain, layout, size, sequences, frames, seed, val_fraction,
-                             moving_objects, num_workers, scene_params)
+                             moving_objects, num_workers, scene_params, videos)
   root = Path(out_dir)
   marker = root / MARKER
   if marker.exists():
@@ -95,8 +100,11 @@ def render_world(out_dir, *, domain: str, layout: str, size=(256, 128), sequence
   else:
     results = [_render_snippet(job) for job in jobs]
 
+  for plan in plans[:videos]:
+    _frames_to_video(root, layouts.folder_clip(plan.index))
   index = {image: {'snippet': r['snippet_json'], 'frame': frame}
-           for r in results for image, frame in r['images'].items()}
+           for r in results for image, frame in r['images'].items()
+           if (root / image).exists()}  # not the frames of clips now videos
   layouts.write_json(root / layouts.GT_DIR / 'images.json', index)
   summary = _summary(root, params, plans, results, time.perf_counter() - start)
   # Last: its presence means the world is complete.
@@ -104,8 +112,21 @@ def render_world(out_dir, *, domain: str, layout: str, size=(256, 128), sequence
   return {**summary, 'skipped': False}
 
 
+def _frames_to_video(root: Path, clip: str) -> None:
+  """Replaces the frames of sequences/<clip>/ by videos/<clip>.mp4."""
+  from PIL import Image
+  from data_pipelines import video  # imported lazily: only worlds with videos need ffmpeg
+  folder = root / 'sequences' / clip
+  paths = sorted(folder.glob('*.png'))
+  video.write_mp4(str(root / 'videos' / f'{clip}.mp4'),
+                  [np.asarray(Image.open(p).convert('RGB')) for p in paths], VIDEO_FPS)
+  for path in paths:
+    path.unlink()
+  folder.rmdir()
+
+
 def _validated_params(domain, layout, size, sequences, frames, seed, val_fraction,
-                      moving_objects, num_workers, scene_params) -> dict:
+                      moving_objects, num_workers, scene_params, videos=0) -> dict:
   """Checks the arguments; returns the JSON-able parameter record stored in the marker."""
   if domain not in DOMAINS:
     raise ValueError(f"unknown domain {domain!r}; allowed: {', '.join(DOMAINS)}")
@@ -128,10 +149,20 @@ def _validated_params(domain, layout, size, sequences, frames, seed, val_fractio
     raise ValueError("pass moving_objects as render_world's own argument, not in scene_params")
   overrides['moving_objects'] = bool(moving_objects)
   scene = SceneParams.with_overrides(overrides)
-  return {'domain': domain, 'layout': layout, 'size': [width, height],
-          'sequences': int(sequences), 'frames': int(frames), 'seed': int(seed),
-          'val_fraction': float(val_fraction), 'moving_objects': bool(moving_objects),
-          'scene_params': scene.as_dict(), 'format_version': FORMAT_VERSION}
+  if isinstance(videos, bool) or not isinstance(videos, (int, np.integer)) or videos < 0:
+    raise ValueError(f'videos must be an integer >= 0, got {videos!r}')
+  if videos and (layout != 'folder' or frames < 3 or videos > sequences or width % 2
+                 or height % 2):
+    raise ValueError(f'videos={videos}: only the folder layout writes clips as videos, at most '
+                     f'one per snippet ({sequences}), each of 3 or more frames ({frames}) of even '
+                     f'width and height ({width}x{height})')
+  params = {'domain': domain, 'layout': layout, 'size': [width, height],
+            'sequences': int(sequences), 'frames': int(frames), 'seed': int(seed),
+            'val_fraction': float(val_fraction), 'moving_objects': bool(moving_objects),
+            'scene_params': scene.as_dict(), 'format_version': FORMAT_VERSION}
+  if videos:  # recorded only when asked, so the markers of earlier worlds still match
+    params['videos'] = int(videos)
+  return params
 
 
 def _differences(stored, params: dict) -> str:
