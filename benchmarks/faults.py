@@ -141,8 +141,9 @@ class Run:
     self.workdir, self.log_path, self.start = workdir, log_path, time.monotonic()
     with open(log_path, 'w') as log:
       # A new session: the kill takes the run's whole process group, workers included, as a crash.
-      self.process = subprocess.Popen(command(workdir, cache_dir, stages), cwd=REPO, env=ENV, stdout=log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+      self.process = subprocess.Popen(command(workdir, cache_dir, stages), cwd=REPO, env=ENV,
+                                      stdout=log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
 
   def elapsed(self) -> float:
     return time.monotonic() - self.start
@@ -392,8 +393,8 @@ def run_trial(index: int, root: str, reference: str, cache_dir: str, moments: li
     outcome = 'mismatch' if differences else 'resumed ok'
   if outcome != 'resumed ok':
     shutil.move(workdir, os.path.join(root, f'trial_{index:02d}'))
-  return dict(trial=index, from_stage=first.stage, kills=kills, runs=len(kills) + 1, outcome=outcome,
-              differences=differences, wall_s=seconds)
+  return dict(trial=index, from_stage=first.stage, kills=kills, runs=len(kills) + 1,
+              outcome=outcome, differences=differences, wall_s=seconds)
 
 
 def table(trials: list[dict]) -> str:
