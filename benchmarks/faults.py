@@ -47,6 +47,7 @@ import numpy as np
 
 from benchmarks import common
 from configs import demo
+from data_pipelines import files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'configs/demo.py:tiny'
@@ -435,12 +436,20 @@ def main() -> None:
     trials.append(run_trial(index, root, reference_dir, args.cache, moments, outputs, rng))
     print(f"trial {index}: {trials[-1]['outcome']} after {len(trials[-1]['kills'])} kill(s), "
           f"{trials[-1]['wall_s']} s {trials[-1]['differences'][:5]}", flush=True)
+    # After every trial, so that a run stopped early keeps what it measured.
+    files.write_json(args.out, report(args, reference, trials))
   print(table(trials), flush=True)
+  common.emit(report(args, reference, trials), args.out)
+
+
+def report(args, reference: dict, trials: list[dict]) -> dict:
   outcomes = [t['outcome'] for t in trials]
-  common.emit(dict(benchmark='faults', config=CONFIG, seed=args.seed, machine=common.machine(),
-                   reference=reference, trials=trials,
-                   summary={o: outcomes.count(o) for o in sorted(set(outcomes))},
-                   kills=sum(len(t['kills']) for t in trials)), args.out)
+  commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip()
+  return dict(benchmark='faults', config=CONFIG, seed=args.seed, machine=common.machine(),
+              commit=commit, reference=reference, trials=trials,
+              summary={o: outcomes.count(o) for o in sorted(set(outcomes))},
+              kills=sum(len(t['kills']) for t in trials))
 
 
 if __name__ == '__main__':
