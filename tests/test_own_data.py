@@ -8,6 +8,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,53 @@ from tests.runs import CACHE
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_WORLD = ['--domain=city', '--layout=folder', '--size=128x64', '--sequences=4', '--frames=5']
 
-pytestmark = pytest.mark.slow
+
+
+def _tree(tmp_path, classes=3) -> str:
+  """A tree with just its classes.json: what configs/own_data.py reads."""
+  root = tmp_path / 'tree'
+  root.mkdir()
+  (root / 'classes.json').write_text(json.dumps({'classes': [
+      {'name': f'class{i}', 'colour': [i, i, i]} for i in range(classes)]}))
+  return str(root)
+
+
+@pytest.mark.parametrize('variant, stages', [
+    ('', 'data,sde_pretrain,depth_labels,segment,evaluate'),
+    ('select=true', 'data,sde_pretrain,depth_labels,select_labels,segment,evaluate'),
+    ('sde=/runs/city/sde/ckpt', 'data,depth_labels,segment,evaluate'),
+])
+def test_config_stages_and_classes_follow_the_variant(tmp_path, variant, stages):
+  from configs import own_data
+  root = _tree(tmp_path, classes=5)
+  config = own_data.get_config(f'root={root},{variant}')
+  assert config.stages == stages
+  assert config.model.num_classes == 5  # from classes.json
+  assert config.data.target.name == 'folder' and config.data.target.raw_root == root
+  if 'sde=' in variant:  # one SDE for the transfer, the depth labels and the selection
+    assert (config.segment.sde_checkpoint == config.depth_labels.sde_checkpoint
+            == config.select.sde_checkpoint == '/runs/city/sde/ckpt')
+    assert config.segment.network == 'transfer'  # multi-task training needs video
+  if 'select' in variant:
+    assert config.select.sizes == (25, 50, 100) and len(config.select.student_steps) == 2
+
+
+@pytest.mark.parametrize('variant, message', [
+    ('labels=10', 'name your tree'),
+    ('root=ROOT,depth=lidar', "depth='lidar'"),
+    ('root=ROOT,tiny=yes', "tiny='yes'"),
+    ('root=ROOT,colour=red', "bad variant item 'colour=red'"),
+])
+def test_config_errors_name_the_item(tmp_path, variant, message):
+  from configs import own_data
+  with pytest.raises(ValueError, match=message):
+    own_data.get_config(variant.replace('ROOT', _tree(tmp_path)))
+
+
+def test_config_without_classes_json_names_it(tmp_path):
+  from configs import own_data
+  with pytest.raises(ValueError, match=re.escape(f'{tmp_path}/classes.json: missing')):
+    own_data.get_config(f'root={tmp_path}')
 
 
 def run(*command: str) -> str:
@@ -57,6 +104,7 @@ def walkthrough(tmp_path_factory):
   return root, workdir, report
 
 
+@pytest.mark.slow
 def test_walkthrough_runs_every_stage_on_the_imported_video(walkthrough):
   root, workdir, report = walkthrough
   for stage in ('data', 'sde_pretrain', 'depth_labels', 'select_labels', 'segment', 'evaluate'):
@@ -77,6 +125,7 @@ def test_walkthrough_runs_every_stage_on_the_imported_video(walkthrough):
   assert 0.0 <= report['miou'] <= 1.0
 
 
+@pytest.mark.slow
 def test_no_video_run_uses_the_sde_of_another_world(walkthrough, tmp_path):
   _, trained, _ = walkthrough
   root = str(tmp_path / 'photos')
@@ -91,6 +140,7 @@ def test_no_video_run_uses_the_sde_of_another_world(walkthrough, tmp_path):
   assert 0.0 <= report['miou'] <= 1.0
 
 
+@pytest.mark.slow
 def test_depth_sensor_run_takes_its_depth_labels_from_the_tree(walkthrough, tmp_path):
   root, trained, _ = walkthrough
   workdir = str(tmp_path / 'run')
