@@ -412,6 +412,25 @@ def table(trials: list[dict]) -> str:
   return '\n'.join(rows)
 
 
+def moment_table(trials: list[dict]) -> str:
+  """One row per kind of moment: how many kills, what they left half-written, and the outcomes of
+  the trials they were in (the README's table)."""
+  rows = ['| moment | kills | kills leaving a temporary file or folder | trials: outcome |',
+          '|---|---|---|---|']
+  kinds = {}
+  for trial in trials:
+    for kill in trial['kills']:
+      kind = kinds.setdefault(kill['moment'], dict(kills=0, left=0, trials={}))
+      kind['kills'] += 1
+      kind['left'] += bool(kill['left_behind'])
+      kind['trials'][trial['trial']] = trial['outcome']
+  for name, kind in sorted(kinds.items()):
+    outcomes = list(kind['trials'].values())
+    counted = ', '.join(f'{outcomes.count(o)} {o}' for o in sorted(set(outcomes)))
+    rows.append(f"| {name} | {kind['kills']} | {kind['left']} | {counted} |")
+  return '\n'.join(rows)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--trials', type=int, default=4)
@@ -438,7 +457,7 @@ def main() -> None:
           f"{trials[-1]['wall_s']} s {trials[-1]['differences'][:5]}", flush=True)
     # After every trial, so that a run stopped early keeps what it measured.
     files.write_json(args.out, report(args, reference, trials))
-  print(table(trials), flush=True)
+  print(table(trials), moment_table(trials), sep='\n\n', flush=True)
   common.emit(report(args, reference, trials), args.out)
 
 
