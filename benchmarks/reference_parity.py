@@ -1,8 +1,8 @@
 """Parity of our training steps with the reference's own training code (issue 34).
 
     python -m benchmarks.reference_parity --reference DIR [--parts=sde,segment,mtl,ssda,select] \\
-        [--size=64x64] [--batch=2] [--seed=0] [--out=benchmarks/results/reference_parity_cpu.json] \\
-        [--merge]
+        [--size=64x64] [--batch=2] [--seed=0] [--merge] \\
+        [--out=benchmarks/results/reference_parity_cpu.json]
 
 DIR is a checkout of lhoyer/improving_segmentation_with_selfsupervised_depth, branch ssda. Its
 modules (train.py's Trainer, loss/, models/, experiments.py) are imported from DIR at run time and
@@ -46,9 +46,12 @@ compares every quantity by its relative error, max|ours - reference| / max|refer
 The auto-mask's tie-breaking noise is ours on both sides: the reference's torch.randn is replaced,
 for the one call per scale it makes, by the draws our step takes from its key; likewise its
 nn.Dropout modules (the ASPP's p=0.5) apply the masks our step draws. The reference also
-runs in float64: its float32 result's distance from that is the floor of what float32 can agree
-on. The report (JSON) gives every quantity's error and its status: within --tolerance (1e-4), or
-float32 rounding, or explained (a known difference, EXPLAINED says why), or OVER.
+runs in float64 (its model and inputs in float64, torch's default dtype float64 for the tensors it
+builds, its mixed-precision casts of depth and poses undone; in the sde part its trees are read
+back without float32 rounding): its float32 result's distance from that is the floor of what
+float32 can agree on. The report (JSON) gives every quantity's error and its status: within
+--tolerance (1e-4), or float32 rounding, or explained (a known difference, EXPLAINED says why),
+or OVER.
 
 In the sde part our step runs in float64 too (64-bit JAX, model.compute_dtype=float64, the same
 weights and batch as float64, our float32 step's dropout masks replayed, the same auto-mask noise;
@@ -266,6 +269,20 @@ def replayed_randn(draws: list):
   finally:
     torch.randn = original
   assert not queue, f'{len(queue)} prepared draws were not used'
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: str):
+  """torch's default dtype is `dtype` inside the block: the reference's float64 control makes the
+  tensors it builds itself in float64 too (monodepth's pose matrices start as torch.zeros(B, 4, 4);
+  in float32, they put the poses' float32 rounding into every photometric loss: 4e-8)."""
+  import torch
+  original = torch.get_default_dtype()
+  torch.set_default_dtype(getattr(torch, dtype))
+  try:
+    yield
+  finally:
+    torch.set_default_dtype(original)
 
 
 def bare_trainer(reference, cfg: dict, model, batches: list[dict]):
@@ -601,8 +618,11 @@ def write_torchvision_resnet(depth: int, path: str, height: int, width: int, see
   torch.save(model.state_dict(), path)
 
 
-def sde_part(reference, report: Report, *, batch: int, height: int, width: int, seed: int,
-             workdir: str) -> None:
+def sde_setup(reference, *, batch: int, height: int, width: int, seed: int,
+              workdir: str) -> types.SimpleNamespace:
+  """The sde part's starting point: the reference's config (cfg) and files in `workdir` (its SDE,
+  the ImageNet ResNets `imagenet`), our config, network and initial state from them, and the
+  batch (frames, augmented, intrinsics)."""
   from configs import sde_cityscapes
   from sdeseg_jax.models import networks
   from sdeseg_jax.stages import sde_pretrain
@@ -629,6 +649,18 @@ def sde_part(reference, report: Report, *, batch: int, height: int, width: int, 
   frames = street_frames(batch, height, width, seed)
   augmented = np.clip(frames * 1.1 - 0.03, 0, 1).astype(np.float32)
   intrinsics = pixel_intrinsics(batch, height, width)
+  return types.SimpleNamespace(cfg=cfg, imagenet=imagenet, config=config, network=network,
+                               state=state, frames=frames, augmented=augmented,
+                               intrinsics=intrinsics)
+
+
+def sde_part(reference, report: Report, *, batch: int, height: int, width: int, seed: int,
+             workdir: str) -> None:
+  setup = sde_setup(reference, batch=batch, height=height, width=width, seed=seed,
+                    workdir=workdir)
+  cfg, imagenet, config, network, state = (setup.cfg, setup.imagenet, setup.config,
+                                           setup.network, setup.state)
+  sde, frames, augmented, intrinsics = config.sde, setup.frames, setup.augmented, setup.intrinsics
   ours_batch = dict(frames=frames, frames_aug=augmented, intrinsics=intrinsics)
   ours, dropout_masks, noise_key = our_sde_step(network, config.model, sde, state, ours_batch)
   scales = sorted(int(k.rsplit('scale', 1)[1]) for k in ours if k.startswith('disparity/'))
@@ -825,7 +857,7 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
   recording(calculator, 'compute_losses', record)
   taken = []
   with replayed_randn([torch.from_numpy(n).to(to) for n in noise]), \
-      photometric_minimum(taken):
+      photometric_minimum(taken), default_dtype(dtype):
     trainer.train_step(0)
   assert not unused_masks, f'{len(unused_masks)} of our dropout masks were not used'
   outputs, losses = record[0].args[1], record[0].result
@@ -886,8 +918,7 @@ class _Float64Outputs(dict):
   """A model's outputs that stay float64 when assigned to (the reference's train step casts
   depth and poses to float32 for mixed precision; the float64 control must not). Its cast of an
   output (`outputs[k] = v.to(torch.float32)`) keeps the float64 output itself: casting the
-  float32 copy back would keep its rounding (the poses' ~6e-8, which showed as a 4e-8 relative
-  difference of every photometric loss between ours and the reference, both in float64)."""
+  float32 copy back would keep its rounding."""
 
   def __setitem__(self, key, value):
     import torch
@@ -1326,7 +1357,7 @@ def reference_segment_step(reference, cfg: dict, decoder: str, initial_decoder: 
                 if multitask else (lambda *args, **kwargs: None))
   recording(trainer, 'train_step_segmentation', supervised, snapshot=pose_stats)
   recording(calculator, 'compute_losses', sde_losses)
-  with replayed_randn([torch.from_numpy(n).to(to) for n in noise or []]):
+  with replayed_randn([torch.from_numpy(n).to(to) for n in noise or []]), default_dtype(dtype):
     trainer.train_step(1)
   assert not unused, f'{len(unused)} of our dropout masks were not used'
   result = {'loss/supervised': float(supervised[0].result)}
@@ -1484,7 +1515,7 @@ def reference_ssda_step(reference, cfg: dict, initial_decoder: dict, arrays: dic
     # Its Cross-Domain masks: strong_parameters['Mix'] is reassigned between the calls.
     recording(reference.train, 'strongTransformOneMix', mixes,
               snapshot=lambda parameters, **kwargs: parameters['Mix'].clone())
-    with cuda_on_cpu():
+    with cuda_on_cpu(), default_dtype(dtype):
       trainer.train_step(1)
   assert not unused, f'{len(unused)} of our dropout masks were not used'
   cross = cross_entropies[0]  # domain mixing runs first
