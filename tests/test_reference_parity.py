@@ -230,3 +230,22 @@ def test_merged_result_keeps_the_other_parts(tmp_path):
   assert merged['notes'] == {'sde': 'new'} and merged['merged']['kept_parts'] == ['segment']
   with pytest.raises(SystemExit, match='other seed'):
     reference_parity.merged_result(str(path), dict(new, seed=1), ['sde'])
+
+
+def test_relu_calls_record_and_decide():
+  """reference_parity_relu's ReLU decisions: recorded per call; a decided call passes (value and
+  derivative) exactly where its mask says, other calls stay relu; flax.linen.relu is restored."""
+  import flax.linen as nn
+  from benchmarks import reference_parity_relu
+  f = lambda x: jnp.sum(nn.relu(nn.relu(x) - 1.0) * 3.0)
+  x = jnp.array([-1.0, 0.5, 2.0, 3.0])
+  with reference_parity_relu.relu_calls() as calls:
+    f(x)
+  np.testing.assert_array_equal(np.array(calls), [[False, True, True, True],
+                                                  [False, False, True, True]])
+  passes = jnp.array([True, True, False, True])       # pre-activations -1, -0.5, 1, 2
+  with reference_parity_relu.relu_calls({1: passes}):
+    value, gradient = jax.value_and_grad(f)(x)
+  assert float(value) == pytest.approx(3.0 * (-1.0 - 0.5 + 2.0))
+  np.testing.assert_array_equal(gradient, [0.0, 3.0, 0.0, 3.0])  # the first relu blocks x = -1
+  assert nn.relu is jax.nn.relu
