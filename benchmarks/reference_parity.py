@@ -1,7 +1,8 @@
 """Parity of our training steps with the reference's own training code (issue 34).
 
     python -m benchmarks.reference_parity --reference DIR [--parts=sde,segment,mtl,ssda,select] \\
-        [--size=64x64] [--batch=2] [--seed=0] [--out=benchmarks/results/reference_parity_cpu.json]
+        [--size=64x64] [--batch=2] [--seed=0] [--merge] \\
+        [--out=benchmarks/results/reference_parity_cpu.json]
 
 DIR is a checkout of lhoyer/improving_segmentation_with_selfsupervised_depth, branch ssda. Its
 modules (train.py's Trainer, loss/, models/, experiments.py) are imported from DIR at run time and
@@ -45,10 +46,27 @@ compares every quantity by its relative error, max|ours - reference| / max|refer
 The auto-mask's tie-breaking noise is ours on both sides: the reference's torch.randn is replaced,
 for the one call per scale it makes, by the draws our step takes from its key; likewise its
 nn.Dropout modules (the ASPP's p=0.5) apply the masks our step draws. The reference also
-runs in float64: its float32 result's distance from that is the floor of what float32 can agree
-on. The report (JSON) gives every quantity's error and its status: within --tolerance (1e-4), or
-float32 rounding (ours no farther from the float64 reference than twice that floor), or explained
-(a known difference, EXPLAINED says why), or OVER.
+runs in float64 (its model and inputs in float64, torch's default dtype float64 for the tensors it
+builds, its mixed-precision casts of depth and poses undone; in the sde part its trees are read
+back without float32 rounding): its float32 result's distance from that is the floor of what
+float32 can agree on. The report (JSON) gives every quantity's error and its status: within
+--tolerance (1e-4), or float32 rounding, or explained (a known difference, EXPLAINED says why),
+or OVER.
+
+In the sde part our step runs in float64 too (64-bit JAX, model.compute_dtype=float64, the same
+weights and batch as float64, our float32 step's dropout masks replayed, the same auto-mask noise;
+the equations of the step that still compute below float64, which should be only that noise's
+float32 draw, are listed in the JSON's notes). Each row then adds ours in float64 against the
+reference in float64 and our own floor (ours in float32 against ours in float64), and float32
+rounding means: ours in float64 within FLOAT64_AGREEMENT (1e-8) of the reference in float64, the
+same function on both sides, so that only float32 rounding separates the float32 results. In the
+other parts (ours in float32 only) it means ours no farther from the float64 reference than twice
+the reference's floor. Per-pixel decisions over the tolerance count as float32 rounding when
+every differing one is a near tie (classify_choices). The notes also count the encoder's output
+ReLUs that float32 decided otherwise than float64, on each side.
+
+--merge keeps the rows of the parts not run from the existing --out file (which must have run
+with the same reference commit, size, batch, seed and tolerance), so that one part can be rerun.
 """
 
 from __future__ import annotations
@@ -184,6 +202,27 @@ def recorded_dropout():
     yield masks
 
 
+@contextlib.contextmanager
+def replayed_flax_dropout(masks: list):
+  """Every flax Dropout applied inside the block (jit tracing included) keeps the units of the
+  next of `masks` (recorded_dropout's, in call order) instead of its own draw: our float64 step
+  drops what our float32 step dropped (a float64 draw takes other random bits)."""
+  import flax.linen as nn
+  queue = list(masks)
+
+  def interceptor(next_fun, args, kwargs, context):
+    module = context.module
+    if not isinstance(module, nn.Dropout) or module.deterministic or module.rate == 0:
+      return next_fun(*args, **kwargs)
+    x, keep = args[0], jnp.asarray(queue.pop(0))
+    assert keep.shape == x.shape, (keep.shape, x.shape)
+    return jnp.where(keep, x / (1.0 - module.rate), jnp.zeros_like(x))
+
+  with nn.intercept_methods(interceptor):
+    yield
+  assert not queue, f'{len(queue)} recorded dropout masks were not used'
+
+
 def replay_dropout(models: list, masks: list) -> list:
   """Every nn.Dropout of the torch `models` applies the next of `masks` (recorded_dropout's, in
   forward order, one queue for all) instead of its own random draw: both sides drop the same
@@ -230,6 +269,20 @@ def replayed_randn(draws: list):
   finally:
     torch.randn = original
   assert not queue, f'{len(queue)} prepared draws were not used'
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: str):
+  """torch's default dtype is `dtype` inside the block: the reference's float64 control makes the
+  tensors it builds itself in float64 too (monodepth's pose matrices start as torch.zeros(B, 4, 4);
+  in float32, they put the poses' float32 rounding into every photometric loss: 4e-8)."""
+  import torch
+  original = torch.get_default_dtype()
+  torch.set_default_dtype(getattr(torch, dtype))
+  try:
+    yield
+  finally:
+    torch.set_default_dtype(original)
 
 
 def bare_trainer(reference, cfg: dict, model, batches: list[dict]):
@@ -311,72 +364,117 @@ EXPLAINED = {
 }
 
 
+# Ours in float64 against the reference in float64, at most this relative error: the same formula
+# (float64 rounding through a ResNet101 step is ~1e-13; a different formula, even one float32
+# constant or cast, shows at 1e-8 or above).
+FLOAT64_AGREEMENT = 1e-8
+
+
 class Report:
   """One row per compared quantity (per parameter group for trees). `error` is ours against the
   reference in float32; the reference's own float32 rounding (its float32 run against its float64
-  run) is the floor beside it. A quantity is `within` the tolerance, or `float32 rounding` when
-  ours is no farther from the float64 reference than twice the reference's own float32 result
-  is, or `explained` (EXPLAINED), or OVER."""
+  run) is the floor beside it. Where a part also runs ours in float64 (sde), each row adds ours in
+  float64 against the reference in float64 and our own floor (ours in float32 against ours in
+  float64). A quantity is `within` the tolerance, or `float32 rounding`, or `explained`
+  (EXPLAINED), or OVER. With ours in float64, `float32 rounding` means ours in float64 within
+  FLOAT64_AGREEMENT of the reference in float64: both sides compute the same function, so what
+  separates their float32 results is the two float32 roundings, the floors beside it (a condition
+  on them would add nothing: ours in float32 is then our own floor, to 1e-8, from the float64
+  result). Without ours in float64: ours no farther from the float64 reference than twice the
+  reference's floor."""
 
   def __init__(self, tolerance: float):
-    self.tolerance, self.rows = tolerance, []
+    self.tolerance, self.rows, self.notes = tolerance, [], {}
 
-  def _row(self, part: str, quantity: str, errors: tuple[float, float, float], **extra) -> None:
-    error, floor, ours_to_64 = errors
+  def _status(self, part: str, quantity: str, error: float, floor: float, ours_to_64: float,
+              ours64_to_64: float | None, ours_floor: float | None) -> str:
     if error <= self.tolerance:
-      status = 'within'
-    elif ours_to_64 <= 2 * floor:
-      status = 'float32 rounding'
-    elif (part, quantity) in EXPLAINED:
-      status = 'explained'
-      extra['explanation'] = EXPLAINED[part, quantity]
+      return 'within'
+    del ours_floor  # reported, not a condition (the class docstring says why)
+    if ours64_to_64 is None:
+      rounding = ours_to_64 <= 2 * floor
     else:
-      status = 'OVER'
+      rounding = ours64_to_64 <= FLOAT64_AGREEMENT
+    if rounding:
+      return 'float32 rounding'
+    if (part, quantity) in EXPLAINED:
+      return 'explained'
+    return 'OVER'
+
+  def _row(self, part: str, quantity: str, errors: tuple, **extra) -> None:
+    """errors: (ours vs the reference, the reference's floor, ours vs the float64 reference) and,
+    where ours also ran in float64, (ours in float64 vs the float64 reference, our floor)."""
+    error, floor, ours_to_64, ours64_to_64, ours_floor = (tuple(errors) + (None, None))[:5]
+    status = self._status(part, quantity, error, floor, ours_to_64, ours64_to_64, ours_floor)
+    if status == 'explained':
+      extra['explanation'] = EXPLAINED[part, quantity]
+    if ours64_to_64 is not None:
+      extra = dict(ours_float64_vs_reference_float64=ours64_to_64,
+                   ours_float32_vs_float64=ours_floor, **extra)
     self.rows.append(dict(part=part, quantity=quantity, max_relative_error=error,
                           reference_float32_vs_float64=floor, ours_vs_reference_float64=ours_to_64,
                           status=status, **extra))
     note = ' '.join(f'{k}={v}' for k, v in extra.items() if k in ('metric', 'worst_tensor'))
-    print(f'{part:6s} {quantity:32s} {error:9.2e}  floor {floor:9.2e}  vs64 {ours_to_64:9.2e}  '
-          f'{status}  {note}', flush=True)
+    f64 = '' if ours64_to_64 is None else f'  64v64 {ours64_to_64:9.2e}  ours {ours_floor:9.2e}'
+    print(f'{part:6s} {quantity:32s} {error:9.2e}  floor {floor:9.2e}  vs64 {ours_to_64:9.2e}'
+          f'{f64}  {status}  {note}', flush=True)
 
-  def compare(self, part: str, ours: dict, reference: dict, reference64: dict) -> None:
+  def compare(self, part: str, ours: dict, reference: dict, reference64: dict,
+              ours64: dict | None = None) -> None:
+    """Rows for every quantity of `ours` (our float32 step) against the reference's float32 and
+    float64 runs, and against our float64 run `ours64` where given."""
     for quantity, value in ours.items():
+      value64 = None if ours64 is None else ours64[quantity]
       if isinstance(value, dict):
-        self._compare_trees(part, quantity, value, reference[quantity], reference64[quantity])
+        self._compare_trees(part, quantity, value, reference[quantity], reference64[quantity],
+                            value64)
         continue
       if quantity in DISCRETE:
         fraction = lambda a, b: float(np.mean(np.asarray(a) != np.asarray(b)))
         errors = (fraction(value, reference[quantity]),
                   fraction(reference[quantity], reference64[quantity]),
                   fraction(value, reference64[quantity]))
+        if value64 is not None:
+          errors += (fraction(value64, reference64[quantity]), fraction(value, value64))
         self._row(part, quantity, errors, metric='fraction of elements that differ')
         continue
       errors = (relative_error(value, reference[quantity]),
                 relative_error(reference[quantity], reference64[quantity]),
                 relative_error(value, reference64[quantity]))
+      if value64 is not None:
+        errors += (relative_error(value64, reference64[quantity]),
+                   relative_error(value, value64))
       extra = {}
       if np.size(value) == 1:
         extra = dict(ours=float(np.asarray(value)), reference=float(reference[quantity]))
       self._row(part, quantity, errors, **extra)
 
   def _compare_trees(self, part: str, prefix: str, ours: dict, reference: dict,
-                     reference64: dict) -> None:
+                     reference64: dict, ours64: dict | None = None) -> None:
     from sdeseg_jax.weights import report as report_lib
-    flat = [{k: np.asarray(v) for k, v in report_lib.flatten(tree).items()}
-            for tree in (ours, reference, reference64)]
+    trees = (ours, reference, reference64) + (() if ours64 is None else (ours64,))
+    flat = [{k: np.asarray(v) for k, v in report_lib.flatten(tree).items()} for tree in trees]
     if set(flat[0]) != set(flat[1]):
       only_ours, only_reference = set(flat[0]) - set(flat[1]), set(flat[1]) - set(flat[0])
       raise ValueError(f'{prefix}: trees differ: only ours {sorted(only_ours)[:5]}, only the '
                        f'reference {sorted(only_reference)[:5]}')
     for group in sorted({path.split('/')[0] for path in flat[0]}):
-      ours_g, ref_g, ref64_g = ({k: v for k, v in f.items() if k.split('/')[0] == group}
-                                for f in flat)
+      ours_g, ref_g, ref64_g, *ours64_g = ({k: v for k, v in f.items() if k.split('/')[0] == group}
+                                           for f in flat)
       per_tensor = {k: relative_error(ours_g[k], ref_g[k]) for k in ours_g}
       worst = max(per_tensor, key=per_tensor.get)
       errors = (_group_error(ours_g, ref_g), _group_error(ref_g, ref64_g),
                 _group_error(ours_g, ref64_g))
+      extra = {}
+      if ours64_g:
+        (ours64_g,) = ours64_g
+        errors += (_group_error(ours64_g, ref64_g), _group_error(ours_g, ours64_g))
+        per_tensor64 = {k: relative_error(ours64_g[k], ref64_g[k]) for k in ours64_g}
+        worst64 = max(per_tensor64, key=per_tensor64.get)
+        extra = dict(worst_tensor_float64=worst64,
+                     worst_tensor_float64_relative_error=per_tensor64[worst64])
       self._row(part, f'{prefix}/{group}', errors, tensors=len(ours_g), worst_tensor=worst,
-                worst_tensor_relative_error=per_tensor[worst])
+                worst_tensor_relative_error=per_tensor[worst], **extra)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -520,10 +618,12 @@ def write_torchvision_resnet(depth: int, path: str, height: int, width: int, see
   torch.save(model.state_dict(), path)
 
 
-def sde_part(reference, report: Report, *, batch: int, height: int, width: int, seed: int,
-             workdir: str) -> None:
+def sde_setup(reference, *, batch: int, height: int, width: int, seed: int,
+              workdir: str) -> types.SimpleNamespace:
+  """The sde part's starting point: the reference's config (cfg) and files in `workdir` (its SDE,
+  the ImageNet ResNets `imagenet`), our config, network and initial state from them, and the
+  batch (frames, augmented, intrinsics)."""
   from configs import sde_cityscapes
-  from sdeseg_jax import ops
   from sdeseg_jax.models import networks
   from sdeseg_jax.stages import sde_pretrain
 
@@ -549,22 +649,73 @@ def sde_part(reference, report: Report, *, batch: int, height: int, width: int, 
   frames = street_frames(batch, height, width, seed)
   augmented = np.clip(frames * 1.1 - 0.03, 0, 1).astype(np.float32)
   intrinsics = pixel_intrinsics(batch, height, width)
-  ours_batch = dict(frames=jnp.asarray(frames), frames_aug=jnp.asarray(augmented),
-                    intrinsics=jnp.asarray(intrinsics))
-  # The terms, from the same forward pass and noise the step takes (its key derivation).
+  return types.SimpleNamespace(cfg=cfg, imagenet=imagenet, config=config, network=network,
+                               state=state, frames=frames, augmented=augmented,
+                               intrinsics=intrinsics)
+
+
+def sde_part(reference, report: Report, *, batch: int, height: int, width: int, seed: int,
+             workdir: str) -> None:
+  setup = sde_setup(reference, batch=batch, height=height, width=width, seed=seed,
+                    workdir=workdir)
+  cfg, imagenet, config, network, state = (setup.cfg, setup.imagenet, setup.config,
+                                           setup.network, setup.state)
+  sde, frames, augmented, intrinsics = config.sde, setup.frames, setup.augmented, setup.intrinsics
+  ours_batch = dict(frames=frames, frames_aug=augmented, intrinsics=intrinsics)
+  ours, dropout_masks, noise_key = our_sde_step(network, config.model, sde, state, ours_batch)
+  scales = sorted(int(k.rsplit('scale', 1)[1]) for k in ours if k.startswith('disparity/'))
+  noise = automask_noise(noise_key, batch, height, width, len(scales))
+  ours64, float32_ops = our_sde_step_float64(config.model, sde, state, ours_batch, dropout_masks)
+  step = functools.partial(reference_sde_step, reference, cfg, imagenet, frames, augmented,
+                           intrinsics, noise, dropout_masks, scales, workdir)
+  runs = {dtype: step(dtype) for dtype in ('float32', 'float64')}
+  report.compare('sde', ours, runs['float32'], runs['float64'], ours64)
+  classify_choices(report, 'sde', ours['choice'], runs['float32'], runs['float64'])
+  report.notes['sde'] = dict(
+      ours_float64_ops_not_float64=float32_ops,
+      encoder_output_relu_decisions=dict(
+          ours=relu_decisions(ours['encoder_features'], ours64['encoder_features']),
+          reference=relu_decisions(runs['float32']['encoder_features'],
+                                   runs['float64']['encoder_features'])))
+
+
+def relu_decisions(float32, float64) -> dict:
+  """The encoder's output ReLUs that float32 decided otherwise than float64: how many, and their
+  outputs (the positive one is a pre-activation within float32 rounding of 0). One such decision
+  moves the feature distance's gradient by that element's whole share (README, 'Parity with the
+  reference')."""
+  float32, float64 = np.asarray(float32), np.asarray(float64)
+  flipped = (float32 > 0) != (float64 > 0)
+  return dict(count=int(flipped.sum()), float32=[float(v) for v in float32[flipped][:10]],
+              float64=[float(v) for v in float64[flipped][:10]])
+
+
+def our_sde_step(network, model, sde, state, batch: dict, masks: list | None = None
+                 ) -> tuple[dict, list, jax.Array]:
+  """Our sde_pretrain step from `state` on `batch` (numpy frames, frames_aug, intrinsics): the
+  quantities sde_part compares, the dropout masks it applied (recorded, or with `masks` replayed
+  from an earlier run) and the key of the auto-mask's noise. The terms come from the same forward
+  pass and noise as the step's (its key derivation)."""
+  from sdeseg_jax import ops
+  from sdeseg_jax.stages import sde_pretrain
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
   dropout_key, noise_key = jax.random.split(state.key)
-  with recorded_dropout() as dropout_masks:
+  replay = masks is not None
+  with replayed_flax_dropout(masks) if replay else recorded_dropout() as recorded:
     outputs, _ = network.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                               ours_batch['frames_aug'], train=True, mutable=['batch_stats'],
+                               batch['frames_aug'], train=True, mutable=['batch_stats'],
                                rngs={'dropout': dropout_key})
-  _, aux = ops.sde_loss(outputs['disp'], ours_batch['frames'], ours_batch['intrinsics'],
+  masks = masks if replay else recorded
+  _, aux = ops.sde_loss(outputs['disp'], batch['frames'], batch['intrinsics'],
                         outputs['pose_prev'], outputs['pose_next'], noise_key,
                         min_depth=sde.min_depth, max_depth=sde.max_depth,
                         smoothness_weight=sde.smoothness)
+  step = jax.jit(sde_pretrain.make_train_step(network, model, sde))
+  # The float32 step draws from its key the masks the forward above recorded; a replaying run
+  # replays them in its step too.
+  with replayed_flax_dropout(masks) if replay else contextlib.nullcontext():
+    new_state, metrics = step(state, batch)
   scales = sorted(outputs['disp'])
-  noise = automask_noise(noise_key, batch, height, width, len(scales))
-  new_state, metrics = jax.jit(sde_pretrain.make_train_step(network, config.model, sde))(
-      state, ours_batch)
   ours = {}
   for s in scales:
     ours.update({f'disparity/scale{s}': outputs['disp'][s], f'loss/scale{s}': aux['scale_loss'][s],
@@ -572,18 +723,63 @@ def sde_part(reference, report: Report, *, batch: int, height: int, width: int, 
                  f'smoothness/scale{s}': aux['smoothness'][s]})
   ours.update({'automask/scale0': aux['automask'][..., 0],
                'automask_fraction': metrics['automask_fraction'],
+               'encoder_features': outputs['features'][-1],
                'feature_distance': metrics['loss/feature_distance'],
                'loss/sde': metrics['loss/sde'], 'loss/total': metrics['loss/total'],
                'gradients': adam_gradients(new_state.opt_state),
                'params': jax.device_get(new_state.params),
                'batch_stats': jax.device_get(new_state.batch_stats)})
-
   ours['choice'] = np.stack([np.asarray(aux['choice'][s]) for s in scales])  # [S, B, H, W]
-  step = functools.partial(reference_sde_step, reference, cfg, imagenet, frames, augmented,
-                           intrinsics, noise, dropout_masks, scales, workdir)
-  runs = {dtype: step(dtype) for dtype in ('float32', 'float64')}
-  report.compare('sde', ours, runs['float32'], runs['float64'])
-  classify_choices(report, 'sde', ours['choice'], runs['float32'], runs['float64'])
+  return jax.tree.map(np.asarray, ours), masks, noise_key
+
+
+def float64_tree(tree):
+  """Every floating-point leaf of `tree` in float64 (exact: float32 values are float64 values);
+  call under jax.enable_x64."""
+  return jax.tree.map(
+      lambda x: jnp.asarray(x, jnp.float64) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating)
+      else x, tree)
+
+
+def our_sde_step_float64(model, sde, state, batch: dict, masks: list) -> tuple[dict, dict]:
+  """our_sde_step in float64: the same network with compute_dtype float64, the float32 state and
+  batch cast to float64 (the same values), 64-bit JAX, our float32 step's dropout masks replayed
+  and the same auto-mask noise (ops.sde_loss draws it in float32 for any dtype). Returns its
+  quantities and float32_values of the step: what in it did not run in float64."""
+  from sdeseg_jax.models import networks
+  from sdeseg_jax.stages import sde_pretrain
+  with jax.enable_x64(True):
+    model = copy.deepcopy(model)
+    model.compute_dtype = 'float64'
+    network = networks.build('sde', model)
+    state, batch = float64_tree(state), float64_tree({k: jnp.asarray(v) for k, v in batch.items()})
+    with replayed_flax_dropout(masks):
+      jaxpr = jax.make_jaxpr(sde_pretrain.make_train_step(network, model, sde))(state, batch)
+    ours, _, _ = our_sde_step(network, model, sde, state, batch, masks)
+  return ours, float32_values(jaxpr)
+
+
+def float32_values(jaxpr) -> dict:
+  """{'primitive at file:line (function)': count} of the equations of `jaxpr` (and of every
+  jaxpr inside it) whose outputs include a floating-point value narrower than float64."""
+  from jax._src import source_info_util
+  found = {}
+
+  def visit(jaxpr):
+    for eqn in jaxpr.eqns:
+      if any(jnp.issubdtype(v.aval.dtype, jnp.floating) and jnp.finfo(v.aval.dtype).bits < 64
+             for v in eqn.outvars if hasattr(v.aval, 'dtype')):
+        where = f'{eqn.primitive.name} at {source_info_util.summarize(eqn.source_info)}'
+        found[where] = found.get(where, 0) + 1
+      for param in eqn.params.values():
+        for sub in param if isinstance(param, (list, tuple)) else (param,):
+          if isinstance(sub, jax.extend.core.ClosedJaxpr):
+            visit(sub.jaxpr)
+          elif isinstance(sub, jax.extend.core.Jaxpr):
+            visit(sub)
+
+  visit(jaxpr.jaxpr)
+  return found
 
 
 # The rows of the photometric minimum's per-pixel decisions (classify_choices).
@@ -649,8 +845,7 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
   # encoder from ImageNet, the depth decoder and the pose network from the SDE files.
   with imagenet_weights(imagenet):
     model = reference.models.get_model(cfg['model'], 19).to(to)
-  inputs = {key: value.to(to) for key, value in
-            reference_frame_inputs(frames, augmented, intrinsics, scales).items()}
+  inputs = reference_frame_inputs(frames, augmented, intrinsics, scales, dtype)
   if dtype == 'float64':
     keep_float64(model)
   unused_masks = replay_dropout([model], dropout_masks)
@@ -662,7 +857,7 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
   recording(calculator, 'compute_losses', record)
   taken = []
   with replayed_randn([torch.from_numpy(n).to(to) for n in noise]), \
-      photometric_minimum(taken):
+      photometric_minimum(taken), default_dtype(dtype):
     trainer.train_step(0)
   assert not unused_masks, f'{len(unused_masks)} of our dropout masks were not used'
   outputs, losses = record[0].args[1], record[0].result
@@ -683,40 +878,54 @@ def reference_sde_step(reference, cfg: dict, imagenet: dict, frames, augmented, 
                                          for s in scales])
   distance = float(torch.dist(outputs['encoder_features'], outputs['imnet_features']))
   result['feature_distance'] = distance
+  result['encoder_features'] = _nhwc(outputs['encoder_features'])
   result['loss/sde'] = float(losses['loss'])
   result['loss/total'] = float(losses['loss']) + cfg['training']['feat_dist_lambda'] * distance
+  float64 = dtype == 'float64'
   gradients = sde_tree(model, tempfile.mkdtemp(prefix=f'gradients_{dtype}_', dir=workdir),
-                       gradients=True)
-  after = sde_tree(model, tempfile.mkdtemp(prefix=f'after_{dtype}_', dir=workdir))
+                       gradients=True, float64=float64)
+  after = sde_tree(model, tempfile.mkdtemp(prefix=f'after_{dtype}_', dir=workdir),
+                   float64=float64)
   result.update(gradients=gradients['params'], params=after['params'],
                 batch_stats=after['batch_stats'])
   return result
 
 
-def reference_frame_inputs(frames, augmented, intrinsics, scales: list) -> dict:
-  """The reference loader's SDE inputs of a batch of frame triplets [B, 3, H, W, 3] (float32
-  torch tensors): the intrinsics, the network's colour-augmented frames and the photometric
-  targets, frame t at every scale (ours, resized as our step resizes them)."""
+def reference_frame_inputs(frames, augmented, intrinsics, scales: list,
+                           dtype: str = 'float32') -> dict:
+  """The reference loader's SDE inputs of a batch of frame triplets [B, 3, H, W, 3] (torch
+  tensors in `dtype`): the intrinsics, the network's colour-augmented frames and the photometric
+  targets, frame t at every scale (ours, resized as our step resizes them). In float64 the inverse
+  intrinsics and the resized targets are computed in float64 too, as our float64 step computes
+  them."""
   import torch
   from sdeseg_jax import ops
   height, width = frames.shape[2:4]
-  k = _homogeneous(intrinsics)
+  frames, augmented = frames.astype(dtype), augmented.astype(dtype)
+  k = _homogeneous(intrinsics).astype(dtype)
   inputs = {('K', 0): torch.from_numpy(k), ('inv_K', 0): torch.from_numpy(np.linalg.inv(k))}
   for index, frame_id in enumerate((-1, 0, 1)):
     inputs['color_aug', frame_id, 0] = _nchw(augmented[:, index])
     inputs['color', frame_id, 0] = _nchw(frames[:, index])
-  for s in scales[1:]:
-    inputs['color', 0, s] = _nchw(ops.photometric.downsample_antialiased(
-        jnp.asarray(frames[:, 1]), height // 2 ** s, width // 2 ** s))
+  with jax.enable_x64(dtype == 'float64'):
+    for s in scales[1:]:
+      inputs['color', 0, s] = _nchw(ops.photometric.downsample_antialiased(
+          jnp.asarray(frames[:, 1]), height // 2 ** s, width // 2 ** s))
   return inputs
 
 
 class _Float64Outputs(dict):
   """A model's outputs that stay float64 when assigned to (the reference's train step casts
-  depth and poses to float32 for mixed precision; the float64 control must not)."""
+  depth and poses to float32 for mixed precision; the float64 control must not). Its cast of an
+  output (`outputs[k] = v.to(torch.float32)`) keeps the float64 output itself: casting the
+  float32 copy back would keep its rounding."""
 
   def __setitem__(self, key, value):
     import torch
+    held = self.get(key)
+    if (torch.is_tensor(value) and torch.is_tensor(held) and held.dtype == torch.float64 and
+        value.dtype != torch.float64 and torch.equal(value, held.to(value.dtype))):
+      return
     if torch.is_tensor(value) and value.is_floating_point():
       value = value.double()
     super().__setitem__(key, value)
@@ -727,15 +936,19 @@ def keep_float64(model) -> None:
   model.forward = lambda *args, **kwargs: _Float64Outputs(forward(*args, **kwargs))
 
 
-def module_state(module, gradients: bool = False) -> dict:
+def module_state(module, gradients: bool = False, residual: bool = False) -> dict:
   """A torch module's state dict, float32 and detached; with `gradients` its parameters' entries
-  are their gradients instead (zero where a parameter got none)."""
+  are their gradients instead (zero where a parameter got none). With `residual`, each floating
+  entry is what float32 rounded off instead (v - float32(v), in float32): the two float32 halves
+  keep a float64 value to ~2^-48 relative through float32 files (sde_tree)."""
   import torch
   state = module.state_dict()
   if gradients:
     state.update({k: p.grad if p.grad is not None else torch.zeros_like(p)
                   for k, p in module.named_parameters()})
-  return {k: v.detach().float() if v.is_floating_point() else v for k, v in state.items()}
+  rounded = lambda v: (v - v.float().double()).float() if residual else v.float()
+  return {k: rounded(v.detach().double()) if v.is_floating_point() else v
+          for k, v in state.items()}
 
 
 def numpy_state(model, name: str, gradients: bool = False) -> dict:
@@ -743,17 +956,31 @@ def numpy_state(model, name: str, gradients: bool = False) -> dict:
   return {k: v.numpy() for k, v in module_state(model.models[name], gradients).items()}
 
 
-def sde_tree(model, folder: str, gradients: bool = False) -> dict:
+def sde_tree(model, folder: str, gradients: bool = False, float64: bool = False) -> dict:
   """The reference model's SDE (or, with `gradients`, its parameters' gradients) written as
-  released files and read back by our importer: a tree of our layout."""
+  released files and read back by our importer: a tree of our layout. The importer reads float32;
+  with `float64` the float32 values and their float32 residuals (module_state) go through it
+  apart, and their sums (in float64; the layouts only move, transpose and halve values, which
+  keeps both exact) give the float64 values."""
   import torch
   from sdeseg_jax.weights import importers
   from sdeseg_jax.weights import layouts
-  for name, filename in SDE_FILES.items():
-    torch.save(module_state(model.models[name], gradients), os.path.join(folder, filename))
-  with contextlib.redirect_stdout(sys.stderr):
-    components, _ = importers.import_reference_sde(folder)
-  return layouts.sde_variables(importers.merge_components(components))
+
+  def imported(residual):
+    sub = os.path.join(folder, 'residual' if residual else 'float32')
+    os.makedirs(sub)
+    for name, filename in SDE_FILES.items():
+      torch.save(module_state(model.models[name], gradients, residual),
+                 os.path.join(sub, filename))
+    with contextlib.redirect_stdout(sys.stderr):
+      components, _ = importers.import_reference_sde(sub)
+    return layouts.sde_variables(importers.merge_components(components))
+
+  tree = imported(residual=False)
+  if not float64:
+    return tree
+  return jax.tree.map(lambda a, b: np.asarray(a, np.float64) + np.asarray(b, np.float64),
+                      tree, imported(residual=True))
 
 
 def adam_gradients(opt_state, b1: float = 0.9) -> dict:
@@ -1130,7 +1357,7 @@ def reference_segment_step(reference, cfg: dict, decoder: str, initial_decoder: 
                 if multitask else (lambda *args, **kwargs: None))
   recording(trainer, 'train_step_segmentation', supervised, snapshot=pose_stats)
   recording(calculator, 'compute_losses', sde_losses)
-  with replayed_randn([torch.from_numpy(n).to(to) for n in noise or []]):
+  with replayed_randn([torch.from_numpy(n).to(to) for n in noise or []]), default_dtype(dtype):
     trainer.train_step(1)
   assert not unused, f'{len(unused)} of our dropout masks were not used'
   result = {'loss/supervised': float(supervised[0].result)}
@@ -1288,7 +1515,7 @@ def reference_ssda_step(reference, cfg: dict, initial_decoder: dict, arrays: dic
     # Its Cross-Domain masks: strong_parameters['Mix'] is reassigned between the calls.
     recording(reference.train, 'strongTransformOneMix', mixes,
               snapshot=lambda parameters, **kwargs: parameters['Mix'].clone())
-    with cuda_on_cpu():
+    with cuda_on_cpu(), default_dtype(dtype):
       trainer.train_step(1)
   assert not unused, f'{len(unused)} of our dropout masks were not used'
   cross = cross_entropies[0]  # domain mixing runs first
@@ -1472,6 +1699,33 @@ PARTS = {'sde': sde_part, 'segment': functools.partial(ssl_part, 'transfer'),
          'mtl': functools.partial(ssl_part, 'mtl'), 'ssda': ssda_part, 'select': selection_part}
 
 
+# What a merged result (--merge) must share with the file it merges into.
+SETTINGS = ('reference_commit', 'size', 'batch', 'seed', 'tolerance')
+
+
+def merged_result(path: str, result: dict, parts: list[str]) -> dict:
+  """`result` (the parts just run) with the rows and notes of every other part from the result
+  at `path`, which ran with the same SETTINGS; the parts keep their order there, new ones
+  last."""
+  import json
+  if not os.path.exists(path):
+    return result
+  with open(path) as f:
+    old = json.load(f)
+  differing = [k for k in SETTINGS if old.get(k) != result[k]]
+  if differing:
+    raise SystemExit(f'--merge: {path} ran with other {", ".join(differing)} '
+                     f'({", ".join(f"{k}={old.get(k)!r}" for k in differing)})')
+  order = list(dict.fromkeys([r['part'] for r in old['rows']] + parts))
+  rows = {p: [r for r in old['rows'] if r['part'] == p] for p in order if p not in parts}
+  rows.update({p: [r for r in result['rows'] if r['part'] == p] for p in parts})
+  notes = {p: n for p, n in old.get('notes', {}).items() if p not in parts}
+  notes.update(result['notes'])
+  kept = [p for p in order if p not in parts and rows[p]]
+  return dict(result, rows=[r for p in order for r in rows[p]], notes=notes,
+              merged=dict(kept_from=path, kept_parts=kept, run_parts=parts))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--reference', required=True,
@@ -1483,6 +1737,9 @@ def main(argv=None) -> int:
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--tolerance', type=float, default=TOLERANCE)
   parser.add_argument('--out', default='benchmarks/results/reference_parity_cpu.json')
+  parser.add_argument('--merge', action='store_true',
+                      help='keep the rows of the parts not run from the existing --out (run '
+                           'with the same reference commit, size, batch, seed and tolerance)')
   args = parser.parse_args(argv)
   parts = [p for p in args.parts.split(',') if p]
   unknown = [p for p in parts if p not in PARTS]
@@ -1499,12 +1756,15 @@ def main(argv=None) -> int:
   result = dict(benchmark='reference_parity', reference=args.reference,
                 reference_commit=reference.commit, size=[width, height], batch=args.batch,
                 seed=args.seed, tolerance=args.tolerance, dtype='float32', rows=report.rows,
-                over=[f'{r["part"]}:{r["quantity"]}' for r in report.rows if r['status'] == 'OVER'],
-                machine=common.machine())
+                notes=report.notes, machine=common.machine())
+  if args.merge:
+    result = merged_result(args.out, result, parts)
+  result['over'] = [f'{r["part"]}:{r["quantity"]}' for r in result['rows']
+                    if r['status'] == 'OVER']
   common.emit(result, args.out)
-  counts = {status: sum(r['status'] == status for r in report.rows)
+  counts = {status: sum(r['status'] == status for r in result['rows'])
             for status in ('within', 'float32 rounding', 'explained', 'OVER')}
-  print(f'{len(report.rows)} quantities: ' + ', '.join(f'{n} {k}' for k, n in counts.items()) +
+  print(f'{len(result["rows"])} quantities: ' + ', '.join(f'{n} {k}' for k, n in counts.items()) +
         f' (tolerance {args.tolerance}); wrote {args.out}')
   return 0
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from sdeseg_jax.errors import ConfigError
 from sdeseg_jax.models import decoder, layers, networks, padnet, pose, resnet
 from sdeseg_jax.ops import segmentation
 from sdeseg_jax.stages import segment
@@ -244,6 +245,30 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
   # Same weights, lower precision: close, not identical.
   error = float(jnp.max(jnp.abs(out32 - out16)))
   assert 0 < error < 0.1 * float(jnp.max(jnp.abs(out32)))
+
+
+def test_float64_compute_needs_64_bit_jax():
+  model = base.get_config().model
+  model.compute_dtype = 'float64'
+  with pytest.raises(ConfigError, match='jax_enable_x64'):
+    networks.compute_dtype(model)
+  with jax.enable_x64(True):
+    assert networks.compute_dtype(model) == jnp.float64
+
+
+@pytest.mark.slow
+def test_float64_sde_computes_in_float64_throughout():
+  """The SDE network in float64 (the parity harness's float64 step): float64 disparities, poses
+  and BatchNorm statistics, where float32 and bfloat16 compute them in float32."""
+  frames = jax.random.uniform(KEY, (2, 3, 64, 64, 3))
+  with jax.enable_x64(True):
+    network = _tiny('sde', 'float64')
+    variables = network.init(KEY, frames[:1].astype(jnp.float64))
+    variables = jax.tree.map(lambda x: x.astype(jnp.float64), variables)
+    out, updates = network.apply(variables, frames.astype(jnp.float64), train=True,
+                                 mutable=['batch_stats'], rngs={'dropout': KEY})
+  dtypes = {x.dtype for x in jax.tree.leaves((out['disp'], out['pose_prev'], updates))}
+  assert dtypes == {jnp.dtype(jnp.float64)}
 
 
 @pytest.mark.slow

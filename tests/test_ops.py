@@ -515,6 +515,23 @@ def test_sde_loss_noise_is_tiny_and_deterministic_per_key():
 
 
 @pytest.mark.slow
+def test_sde_loss_noise_is_the_same_in_float64():
+  """A key gives the same tie-breaking noise in float64 as in float32 (the parity harness's
+  float64 step replays the float32 one): where both identity losses are 0 (the static corner),
+  the noise alone picks one, and both precisions pick the same."""
+  inputs = _sde_inputs(14)
+  _, aux32 = jax.jit(ops.sde_loss)(*inputs, jax.random.key(0))
+  with jax.enable_x64(True):
+    inputs64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), inputs)
+    _, aux64 = jax.jit(ops.sde_loss)(*inputs64, jax.random.key(0))
+    assert aux64['photometric'][0].dtype == jnp.float64
+  for s in range(4):
+    tied = np.asarray(aux32['choice'][s])[:, :5, :5]
+    assert set(np.unique(tied)) == {0, 1}  # the noise decides, one way or the other
+    np.testing.assert_array_equal(np.asarray(aux64['choice'][s])[:, :5, :5], tied)
+
+
+@pytest.mark.slow
 def test_sde_loss_gradients_are_finite_and_nonzero():
   disps, frames, k, pose_prev, pose_next = _sde_inputs(15)
 

@@ -70,13 +70,14 @@ class ConvBlock(nn.Module):
 
 
 class DisparityHead(nn.Module):
-  """Reflection-padded 3x3 conv -> 1 channel, sigmoid: disparity in (0, 1), float32."""
+  """Reflection-padded 3x3 conv -> 1 channel, sigmoid: disparity in (0, 1), float32 (float64
+  for float64)."""
   dtype: layers.Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = layers.Conv(1, 3, padding_mode='reflect', use_bias=True, dtype=self.dtype, name='conv')(x)
-    return nn.sigmoid(x.astype(jnp.float32))
+    return nn.sigmoid(x.astype(layers.at_least_float32(x.dtype)))
 
 
 def _skip_level(i: int, x: jax.Array, skips: Sequence[jax.Array]) -> jax.Array:

@@ -35,6 +35,12 @@ kaiming_fan_out = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 torch_default = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
+def at_least_float32(dtype: Dtype) -> Dtype:
+  """float32 for bfloat16 and float32 activations, float64 for float64 ones: the precision of
+  statistics and of the networks' outputs (a float64 parity check keeps every op in float64)."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
 def torch_default_bias(fan_in: int):
   """torch's default Conv2d bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
   bound = 1.0 / math.sqrt(fan_in)
@@ -169,11 +175,11 @@ class BatchNorm(nn.Module):
   UNbiased one (n / (n - 1)) in the running statistics, as torch does (flax.linen.BatchNorm keeps
   the biased one, which halves the running variance of the ASPP pooling branch at batch 2).
 
-  Statistics are float32 whatever the compute dtype; under jit with a batch-sharded input they are
-  global-batch (synchronised) statistics. The variance is E[(x - c)^2] - (E[x] - c)^2 with c the
-  running mean: one pass over x like E[x^2] - E[x]^2, without its cancellation where the mean is
-  large against the spread (the ASPP pooling branch at batch 2 has two values per channel; torch
-  does not cancel there either).
+  Statistics are float32 whatever the compute dtype (float64 for float64); under jit with a
+  batch-sharded input they are global-batch (synchronised) statistics. The variance is
+  E[(x - c)^2] - (E[x] - c)^2 with c the running mean: one pass over x like E[x^2] - E[x]^2,
+  without its cancellation where the mean is large against the spread (the ASPP pooling branch at
+  batch 2 has two values per channel; torch does not cancel there either).
   """
   use_running_average: bool = False
   momentum: float = 0.9   # Flax convention: running = momentum * running + (1 - momentum) * batch
@@ -191,7 +197,7 @@ class BatchNorm(nn.Module):
     if self.use_running_average:
       mean, var = running_mean.value, running_var.value
     else:
-      x32 = x.astype(jnp.float32)
+      x32 = x.astype(at_least_float32(x.dtype))
       axes = tuple(range(x.ndim - 1))
       mean = jnp.mean(x32, axes)
       shift = jax.lax.stop_gradient(running_mean.value)

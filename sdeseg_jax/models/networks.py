@@ -26,7 +26,9 @@ from sdeseg_jax.models import padnet
 from sdeseg_jax.models import pose
 from sdeseg_jax.models import resnet
 
-DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# float64 is for precision checks (benchmarks/reference_parity.py runs its SDE step in float64 to
+# tell float32 rounding from a different formula); it needs jax_enable_x64.
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float64': jnp.float64}
 # compute_dtype 'auto' (the default): bfloat16 where matrix units run it natively (TPU MXUs, GPU
 # tensor cores; BENCHMARKS.md's TPU plans fit the reference's batch with it), float32 on the CPU,
 # where the parity with the reference and the bitwise resume of the tests are defined.
@@ -41,6 +43,9 @@ def compute_dtype(config: ml_collections.ConfigDict, platform: str | None = None
     name = PLATFORM_DTYPES.get(platform or jax.default_backend(), 'float32')
   if name not in DTYPES:
     raise ConfigError(f'compute_dtype {name!r}: expected one of {sorted(DTYPES)} or auto')
+  if name == 'float64' and not jax.config.jax_enable_x64:
+    # Without x64, JAX would quietly compute in float32.
+    raise ConfigError('compute_dtype float64 needs 64-bit JAX (jax_enable_x64)')
   return DTYPES[name]
 
 

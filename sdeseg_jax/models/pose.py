@@ -30,5 +30,6 @@ class PoseDecoder(nn.Module):
     x = nn.relu(conv(self.features, 3, 'pose0')(x))
     x = nn.relu(conv(self.features, 3, 'pose1')(x))
     x = conv(6 * self.num_frames, 1, 'pose2')(x)
-    x = 0.01 * jnp.mean(x.astype(jnp.float32), axis=(1, 2)).reshape(-1, self.num_frames, 6)
+    x = jnp.mean(x.astype(layers.at_least_float32(x.dtype)), axis=(1, 2))
+    x = 0.01 * x.reshape(-1, self.num_frames, 6)
     return x[..., :3], x[..., 3:]

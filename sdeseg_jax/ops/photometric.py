@@ -1,7 +1,8 @@
 """Photometric losses of self-supervised depth (SPEC section 4, after monodepth2's trainer).
 
 SSIM, the per-pixel reprojection loss, edge-aware smoothness, the full multi-scale SDE loss with
-auto-masking, and the ImageNet feature distance of pretraining stage C. All NHWC float32.
+auto-masking, and the ImageNet feature distance of pretraining stage C. All NHWC float32 (or
+float64 throughout, for precision checks).
 """
 
 from __future__ import annotations
@@ -169,8 +170,10 @@ def sde_loss(disparities: Mapping[int, jax.Array], frames: jax.Array, intrinsics
     ], axis=-1)                                                                      # [B,H,W,2]
     noisy_identity = identity
     if noise_key is not None:
-      noisy_identity = identity + noise_std * jax.random.normal(noise_key, identity.shape,
-                                                                identity.dtype)
+      # Drawn in float32 whatever the loss's dtype: a key gives the same noise in a float64 check
+      # as in the float32 step it checks (a float64 draw takes other random bits).
+      draw = jax.random.normal(noise_key, identity.shape, jnp.float32)
+      noisy_identity = identity + noise_std * draw.astype(identity.dtype)
     combined = jnp.concatenate([noisy_identity, reprojection], axis=-1)             # [B,H,W,4]
     photometric[s] = jnp.mean(jnp.min(combined, axis=-1))
     choice[s] = jnp.argmin(combined, axis=-1).astype(jnp.int32)
