@@ -10,7 +10,8 @@ import resource
 
 def machine() -> dict:
   return dict(platform=platform.platform(), processor=platform.processor(),
-              python=platform.python_version(), cpu_count=os.cpu_count())
+              python=platform.python_version(), cpu_count=os.cpu_count(),
+              xla_flags=os.environ.get('XLA_FLAGS', ''))
 
 
 def peak_rss_mib() -> float:

@@ -241,6 +241,44 @@ def test_entry_points_quiet_native_start_up_logs_unless_the_user_says_otherwise(
     assert result.stdout.strip() == expected, result.stderr[-2000:]
 
 
+def test_cpu_xla_flags_merge_with_the_users():
+  import sdeseg_jax
+  flag = sdeseg_jax.CPU_XLA_FLAGS[0]
+  assert sdeseg_jax.merged_xla_flags('') == ' '.join(sdeseg_jax.CPU_XLA_FLAGS)
+  assert sdeseg_jax.merged_xla_flags(' --xla_force_host_platform_device_count=4 ') == (
+      f'--xla_force_host_platform_device_count=4 {flag}')
+  # A value the user chose for the same flag, whatever it is, wins.
+  name = flag.split('=')[0]
+  assert sdeseg_jax.merged_xla_flags(f'{name}=individual_convolution') == (
+      f'{name}=individual_convolution')
+
+
+def test_cpu_xla_flags_reach_xla_on_the_cpu_only():
+  """With JAX on the CPU only, importing sdeseg_jax before JAX starts its backend puts the CPU
+  defaults into XLA_FLAGS, and XLA compiles with them: a convolution stays XLA's own, not a YNNPACK
+  fusion (as it is under jaxlib's default, which the user can ask for: the control). Elsewhere
+  XLA_FLAGS is left alone."""
+  import sdeseg_jax
+  name = sdeseg_jax.CPU_XLA_FLAGS[0].split('=')[0]
+  script = ('import os; import sdeseg_jax, jax, jax.numpy as jnp; '
+            'conv = lambda x: jax.lax.conv_general_dilated(x, jnp.ones((3, 3, 64, 64)), (1, 1), '
+            '"SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")); '
+            'text = jax.jit(conv).lower(jnp.ones((2, 64, 64, 64))).compile().as_text(); '
+            'print(os.environ["XLA_FLAGS"] + "|" + str("__ynn_fusion" in text))')
+
+  def run(platforms, user_flags, code=script):
+    env = dict(_user_env(), JAX_PLATFORMS=platforms, XLA_FLAGS=user_flags)
+    result = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip().rsplit('|', 1)
+
+  assert run('cpu', '--xla_force_host_platform_device_count=2') == [
+      ' '.join(['--xla_force_host_platform_device_count=2', *sdeseg_jax.CPU_XLA_FLAGS]), 'False']
+  assert run('cpu', f'{name}=individual_convolution') == [f'{name}=individual_convolution', 'True']
+  assert run('cuda', '', 'import os, sdeseg_jax; print(os.environ["XLA_FLAGS"] + "|")') == ['', '']
+
+
 def test_progress_lines_say_progress(caplog):
   from clu import platform
   from sdeseg_jax import cli
