@@ -8,8 +8,22 @@ import platform
 import resource
 
 
+def cpu_model() -> dict:
+  """The host CPU's model name and the vector extensions XLA:CPU's kernels choose by (Linux)."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      info = {key.strip(): value.strip() for key, value in
+              (line.split(':', 1) for line in f.read().split('\n\n')[0].splitlines()
+               if ':' in line)}
+  except OSError:
+    return {}
+  flags = set(info.get('flags', '').split())
+  return dict(model=info.get('model name', ''),
+              isa=sorted(flags & {'avx2', 'fma', 'avx512f', 'avx512_bf16', 'amx_bf16', 'amx_tile'}))
+
+
 def machine() -> dict:
-  return dict(platform=platform.platform(), processor=platform.processor(),
+  return dict(platform=platform.platform(), processor=platform.processor(), cpu=cpu_model(),
               python=platform.python_version(), cpu_count=os.cpu_count(),
               xla_flags=os.environ.get('XLA_FLAGS', ''))
 
