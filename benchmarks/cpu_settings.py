@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 
+import sdeseg_jax
 from benchmarks import common
 from benchmarks import run_all
 
@@ -29,7 +30,8 @@ SETTINGS = {
     # default list what it holds already).
     'jaxlib_default': _YNN + '+individual_convolution',
     'ynn_dot_only': _YNN + 'individual_dot',
-    'no_ynn': _YNN + '-individual_convolution,-individual_dot',
+    # The project's CPU default (sdeseg_jax.CPU_XLA_FLAGS: no YNNPACK fusions).
+    'project_default': ' '.join(sdeseg_jax.CPU_XLA_FLAGS),
     'ynn_dot_only_xnn_greedy': (_YNN + 'individual_dot '
                                 '--xla_cpu_experimental_xnn_graph_fusion_mode='
                                 'XNN_GRAPH_FUSION_MODE_GREEDY'),
